@@ -1,0 +1,247 @@
+"""The guard's config file (JSON, rendered by the session_limits role). Format: docs/session-limits.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+from metalab.guard.policy import KINDS, Policy, build_policy
+
+DEFAULT_CONFIG = "/etc/metalab/guard.json"
+CONFIG_ENV = "METALAB_GUARD_CONFIG"
+
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FORBIDDEN_NETWORKS = ("host",)
+
+
+class ConfigError(Exception):
+    """The config file is missing or invalid; the message names the bad entry."""
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: str
+    gpu: bool
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpus: Optional[str] = None
+    memory: Optional[str] = None
+    pids: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    engine: str = "podman"
+    podman: str = "podman"
+    image: str = "localhost/metalab-runtime:latest"
+    command: List[str] = field(default_factory=lambda: ["supervisord", "-n", "-c", "/etc/supervisor/supervisord.conf"])
+    network: str = "slirp4netns"
+    extra_args: List[str] = field(default_factory=list)
+    resources: Dict[str, Resources] = field(default_factory=dict)
+    resource_limits: bool = True
+    grace_seconds: int = 30
+    socket_root: str = "/run/metalab/sockets"
+    frontdoor_group: str = "www-data"
+    token_dir: str = "/etc/metalab/tokens"
+    token_env: str = "JUPYTER_TOKEN"
+    env_dir: str = "/run/metalab/env"
+    env: Dict[str, str] = field(default_factory=dict)
+    gpus: List[int] = field(default_factory=list)
+    fake_state: Optional[str] = None  # engine "fake" only: the simulated podman's state file
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    ledger: str
+    lock: str
+    host: str
+    users: Dict[str, User]
+    runtime: RuntimeConfig
+    policy_raw: Mapping[str, Any]
+    default_policy: Policy
+    log_file: Optional[str]
+    metrics_path: str
+    lock_timeout: float = 30.0
+
+
+def _expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def _user(name: str, raw: Any, policy_raw: Mapping[str, Any]) -> User:
+    _expect(isinstance(name, str) and bool(USER_NAME.match(name)), f"users: invalid user name {name!r}")
+    raw = raw or {}
+    _expect(isinstance(raw, Mapping), f"users.{name}: expected an object, got {raw!r}")
+    uid, gid, home = raw.get("uid"), raw.get("gid"), raw.get("home")
+    if uid is None or gid is None or home is None:
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"users.{name}: no uid/gid/home in the config and no such host account") from None
+        uid = entry.pw_uid if uid is None else uid
+        gid = entry.pw_gid if gid is None else gid
+        home = entry.pw_dir if home is None else home
+    for key, value in (("uid", uid), ("gid", gid)):
+        _expect(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"users.{name}.{key}: expected a positive integer (never root), got {value!r}",
+        )
+    _expect(isinstance(home, str) and os.path.isabs(home), f"users.{name}.home: expected an absolute path")
+    gpu = raw.get("gpu", False)
+    _expect(isinstance(gpu, bool), f"users.{name}.gpu: expected true or false, got {gpu!r}")
+    try:
+        policy = build_policy(policy_raw, {"limits": raw.get("limits"), "budgets": raw.get("budgets")})
+    except ValueError as exc:
+        raise ConfigError(f"users.{name}: {exc}") from None
+    return User(name=name, uid=int(uid), gid=int(gid), home=str(home), gpu=gpu, policy=policy)
+
+
+def _resources(raw: Any) -> Dict[str, Resources]:
+    raw = raw or {}
+    _expect(isinstance(raw, Mapping), "runtime.resources: expected an object keyed by kind")
+    out: Dict[str, Resources] = {}
+    for kind, spec in raw.items():
+        _expect(kind in KINDS, f"runtime.resources: unknown kind {kind!r}; use cpu or gpu")
+        _expect(isinstance(spec, Mapping), f"runtime.resources.{kind}: expected an object")
+        pids = spec.get("pids")
+        _expect(pids is None or (isinstance(pids, int) and pids > 0), f"runtime.resources.{kind}.pids: bad {pids!r}")
+        cpus = spec.get("cpus")
+        memory = spec.get("memory")
+        out[kind] = Resources(
+            cpus=None if cpus is None else str(cpus), memory=None if memory is None else str(memory), pids=pids
+        )
+    return out
+
+
+def _str_list(raw: Any, what: str) -> List[str]:
+    _expect(isinstance(raw, list) and all(isinstance(x, str) for x in raw), f"{what}: expected a list of strings")
+    return list(raw)
+
+
+def _runtime(raw: Any) -> RuntimeConfig:
+    raw = dict(raw or {})
+    base = RuntimeConfig()
+    engine = raw.get("engine", base.engine)
+    _expect(engine in ("podman", "fake"), f"runtime.engine: unknown engine {engine!r}; use podman")
+    network = raw.get("network", base.network)
+    _expect(isinstance(network, str) and bool(network), "runtime.network: expected a network name")
+    _expect(
+        network.split(":", 1)[0] not in FORBIDDEN_NETWORKS,
+        f"runtime.network: {network!r} is not allowed (runtimes get their own network namespace)",
+    )
+    command = raw.get("command", base.command)
+    if isinstance(command, str):
+        command = command.split()
+    command = _str_list(command, "runtime.command")
+    _expect(bool(command), "runtime.command: must not be empty")
+    extra = _str_list(raw.get("extra_args", []), "runtime.extra_args")
+    for arg in extra:
+        _expect(
+            not arg.startswith(("--network", "--net=", "--privileged", "--cap-add", "--userns", "--pid=host")),
+            f"runtime.extra_args: {arg!r} would weaken runtime isolation",
+        )
+    env = raw.get("env", {}) or {}
+    _expect(isinstance(env, Mapping), "runtime.env: expected an object of NAME: value")
+    for key, value in env.items():
+        _expect(bool(ENV_NAME.match(str(key))), f"runtime.env: invalid variable name {key!r}")
+        _expect(isinstance(value, str) and "\n" not in value, f"runtime.env.{key}: expected a one-line string")
+    gpus = raw.get("gpus", []) or []
+    _expect(
+        isinstance(gpus, list) and all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus),
+        f"runtime.gpus: expected a list of GPU indexes, got {gpus!r}",
+    )
+    _expect(len(set(gpus)) == len(gpus), f"runtime.gpus: duplicate GPU index in {gpus!r}")
+    grace = raw.get("grace_seconds", base.grace_seconds)
+    _expect(isinstance(grace, int) and grace >= 0, f"runtime.grace_seconds: expected seconds, got {grace!r}")
+    limits = raw.get("resource_limits", True)
+    _expect(isinstance(limits, bool), "runtime.resource_limits: expected true or false")
+    token_env = raw.get("token_env", base.token_env)
+    _expect(bool(ENV_NAME.match(str(token_env))), f"runtime.token_env: invalid variable name {token_env!r}")
+    paths = {}
+    for key in ("socket_root", "token_dir", "env_dir"):
+        value = raw.get(key, getattr(base, key))
+        _expect(isinstance(value, str) and os.path.isabs(value), f"runtime.{key}: expected an absolute path")
+        paths[key] = value
+    fake_state = raw.get("fake_state")
+    _expect(engine != "fake" or isinstance(fake_state, str), "runtime.fake_state: required with engine fake")
+    return RuntimeConfig(
+        engine=engine,
+        podman=str(raw.get("podman", base.podman)),
+        image=str(raw.get("image", base.image)),
+        command=command,
+        network=network,
+        extra_args=extra,
+        resources=_resources(raw.get("resources")),
+        resource_limits=limits,
+        grace_seconds=grace,
+        frontdoor_group=str(raw.get("frontdoor_group", base.frontdoor_group)),
+        token_env=str(token_env),
+        env={str(k): str(v) for k, v in env.items()},
+        gpus=sorted(gpus),
+        fake_state=fake_state,
+        **paths,
+    )
+
+
+def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
+    _expect(isinstance(data, Mapping), f"{path}: expected a JSON object")
+    policy_raw = data.get("policy", {}) or {}
+    _expect(isinstance(policy_raw, Mapping), "policy: expected an object")
+    try:
+        default_policy = build_policy(policy_raw)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    users_raw = data.get("users", {}) or {}
+    _expect(isinstance(users_raw, Mapping), "users: expected an object keyed by user name")
+    users = {name: _user(name, raw, policy_raw) for name, raw in users_raw.items()}
+    uids: Dict[int, str] = {}
+    for user in users.values():
+        _expect(user.uid not in uids, f"users.{user.name}.uid: {user.uid} is also the uid of {uids.get(user.uid)}")
+        uids[user.uid] = user.name
+    lock_timeout = data.get("lock_timeout", 30)
+    _expect(isinstance(lock_timeout, (int, float)) and lock_timeout >= 0, "lock_timeout: expected seconds")
+    return Config(
+        path=path,
+        ledger=str(data.get("ledger", "/var/lib/metalab/ledger.sqlite")),
+        lock=str(data.get("lock", "/run/metalab/guard.lock")),
+        host=str(data.get("host") or socket.gethostname()),
+        users=users,
+        runtime=_runtime(data.get("runtime")),
+        policy_raw=policy_raw,
+        default_policy=default_policy,
+        log_file=data.get("log_file"),
+        metrics_path=str(data.get("metrics_path", "/var/lib/prometheus/node-exporter/metalab.prom")),
+        lock_timeout=float(lock_timeout),
+    )
+
+
+def config_path(explicit: Optional[str] = None) -> str:
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
+
+
+def load_config(explicit: Optional[str] = None) -> Config:
+    path = config_path(explicit)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found (set --config or {CONFIG_ENV})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path}: invalid JSON: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+    return parse_config(data, path)

@@ -1,0 +1,157 @@
+"""Files the guard writes: tokens, per-user socket dirs, env files, notices in users' homes, atomic writes.
+
+The guard runs as root and writes into homes that users control, so writes there never follow symlinks: the
+directory is opened with O_NOFOLLOW, checked to be owned by the user, and the file is written to a fresh temporary
+name and renamed into place (a planted link is replaced, never written through).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import secrets
+import stat
+from typing import Dict, Optional
+
+
+class FileError(Exception):
+    pass
+
+
+def _as_root() -> bool:
+    """Ownership is only given away (and checked) as root, as in production; tests run unprivileged."""
+    return os.geteuid() == 0
+
+
+def atomic_write(path: str, content: str, mode: int = 0o644) -> None:
+    """Write a file atomically (temp file in the same directory + rename)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def ensure_private_dir(path: str) -> None:
+    """A root-only directory (0700)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise FileError(f"{path} is not a directory")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+
+
+def read_or_create_token(token_dir: str, user: str) -> str:
+    """The user's runtime token, generated once with secrets.token_urlsafe and kept root-only (0600)."""
+    ensure_private_dir(token_dir)
+    path = os.path.join(token_dir, user)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        with open(path, encoding="utf-8") as fh:
+            token = fh.read().strip()
+        if token:
+            return token
+        os.unlink(path)  # an empty token file (killed while writing): make a new one
+        return read_or_create_token(token_dir, user)
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return token
+
+
+def read_token(token_dir: str, user: str) -> Optional[str]:
+    try:
+        with open(os.path.join(token_dir, user), encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise FileError(f"front door group {name!r} does not exist on this host (runtime.frontdoor_group)") from None
+
+
+def ensure_socket_dir(socket_root: str, user: str, uid: int, frontdoor_gid: int) -> str:
+    """SOCKET_ROOT/USER: mode 0750, owned by the user, group = the front door's group (nginx reaches the socket)."""
+    os.makedirs(socket_root, mode=0o755, exist_ok=True)
+    path = os.path.join(socket_root, user)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o750)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise FileError(f"{path} exists and is not a directory")
+    if _as_root() and (st.st_uid, st.st_gid) != (uid, frontdoor_gid):
+        os.lchown(path, uid, frontdoor_gid)
+    os.chmod(path, 0o750)
+    return path
+
+
+def write_env_file(env_dir: str, user: str, env: Dict[str, str]) -> str:
+    """A 0600 env file in a root-only directory, for ``podman run --env-file``; the caller removes it."""
+    ensure_private_dir(env_dir)
+    path = os.path.join(env_dir, f"{user}.env")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    for key, value in env.items():
+        if "\n" in key or "\n" in value or "=" in key:
+            raise FileError(f"environment variable {key!r} cannot be written to an env file")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write("".join(f"{k}={v}\n" for k, v in env.items()))
+    return path
+
+
+def remove_quietly(path: Optional[str]) -> None:
+    if path:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def write_user_file(home: str, uid: int, gid: int, subdir: str, name: str, content: str) -> str:
+    """Write HOME/SUBDIR/NAME owned by the user, without following any link the user may have planted."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    home_fd = os.open(home, flags)
+    try:
+        try:
+            os.mkdir(subdir, 0o755, dir_fd=home_fd)
+            created = True
+        except FileExistsError:
+            created = False
+        dir_fd = os.open(subdir, flags, dir_fd=home_fd)
+        try:
+            st = os.fstat(dir_fd)
+            if created and _as_root():
+                os.fchown(dir_fd, uid, gid)
+            elif _as_root() and st.st_uid != uid:
+                raise FileError(f"{home}/{subdir} is not owned by uid {uid}; not writing there")
+            tmp = f".{name}.{os.getpid()}.tmp"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(content)
+                if _as_root():
+                    os.fchown(fh.fileno(), uid, gid)
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        os.close(home_fd)
+    return os.path.join(home, subdir, name)

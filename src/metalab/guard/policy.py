@@ -1,0 +1,336 @@
+"""Session policy: durations, per-kind limits, rolling budgets and warnings.
+
+Pure functions only. Every function that depends on the time takes ``now`` (UTC epoch seconds) explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+KINDS = ("cpu", "gpu")
+WINDOW = 24 * 3600  # budgets are rolling 24-hour windows
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_PART = re.compile(r"(\d+)([a-zA-Z]*)")
+
+
+def parse_duration(value: object) -> int:
+    """Parse "12h", "90m", "1h30m", "45s", "2d" or an integer (seconds) into seconds.
+
+    Raises ValueError naming the bad value for anything else (unknown unit, negative, empty, bool).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: expected e.g. 12h, 90m, 1h30m, 45s or seconds")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r}: must not be negative")
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"invalid duration {value!r}: expected e.g. 12h, 90m, 1h30m, 45s or seconds")
+    text = value.strip().lower()
+    if text.isdigit():
+        return int(text)
+    if not text:
+        raise ValueError(f"invalid duration {value!r}: empty")
+    total = 0
+    pos = 0
+    seen = set()
+    for match in _PART.finditer(text):
+        if match.start() != pos:
+            break
+        number, unit = match.groups()
+        if unit not in _UNITS:
+            raise ValueError(f"invalid duration {value!r}: unknown unit {unit or '(none)'!r}; use d, h, m or s")
+        if unit in seen:
+            raise ValueError(f"invalid duration {value!r}: unit {unit!r} given twice")
+        seen.add(unit)
+        total += int(number) * _UNITS[unit]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError(f"invalid duration {value!r}: expected e.g. 12h, 90m, 1h30m, 45s or seconds")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Human form: 4h05m, 12m30s, 45s (negative values are shown as 0s)."""
+    s = max(0, int(round(seconds)))
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+def format_clock(epoch: float) -> str:
+    """HH:MM in UTC, the form used in refusal messages ("budget exhausted until 17:05 UTC")."""
+    return time.strftime("%H:%M", time.gmtime(epoch))
+
+
+def format_iso(epoch: Optional[float]) -> Optional[str]:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Policy objects
+
+
+DEFAULT_LIMITS = {"cpu": 12 * 3600, "gpu": 4 * 3600}
+DEFAULT_WARNINGS: Tuple[int, ...] = (15 * 60, 5 * 60)
+DEFAULT_MIN_START = 5 * 60
+
+PRESETS: Dict[str, Dict[str, Dict[str, Optional[int]]]] = {
+    # SageMaker Studio Lab as of 2023: 4 h per session, 8 h CPU and 4 h GPU per 24 h.
+    "studiolab-2023": {
+        "limits": {"cpu": 4 * 3600, "gpu": 4 * 3600},
+        "budgets": {"cpu": 8 * 3600, "gpu": 4 * 3600},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Effective policy for one user: limits and budgets in seconds per kind (budget None = unlimited)."""
+
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    budgets: Mapping[str, Optional[int]] = field(default_factory=lambda: {"cpu": None, "gpu": None})
+    warnings: Tuple[int, ...] = DEFAULT_WARNINGS
+    min_start: int = DEFAULT_MIN_START
+
+    def limit(self, kind: str) -> int:
+        return int(self.limits[kind])
+
+    def budget(self, kind: str) -> Optional[int]:
+        value = self.budgets.get(kind)
+        return None if value is None else int(value)
+
+
+def _durations_by_kind(raw: object, what: str, allow_none: bool) -> Dict[str, Optional[int]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{what}: expected a mapping of kind to duration, got {raw!r}")
+    out: Dict[str, Optional[int]] = {}
+    for kind, value in raw.items():
+        if kind not in KINDS:
+            raise ValueError(f"{what}: unknown runtime kind {kind!r}; use cpu or gpu")
+        if value is None or value is False:
+            if not allow_none:
+                raise ValueError(f"{what}.{kind}: a session limit is required")
+            out[kind] = None
+            continue
+        try:
+            out[kind] = parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"{what}.{kind}: {exc}") from None
+        if out[kind] == 0:
+            raise ValueError(f"{what}.{kind}: must be greater than zero (use null for no budget)")
+    return out
+
+
+def build_policy(raw: Optional[Mapping[str, object]], override: Optional[Mapping[str, object]] = None) -> Policy:
+    """Build the effective Policy from the config's ``policy`` section and a user's overrides.
+
+    Order: defaults < preset < policy.limits/budgets < user limits/budgets.
+    """
+    raw = raw or {}
+    override = override or {}
+    limits: Dict[str, int] = dict(DEFAULT_LIMITS)
+    budgets: Dict[str, Optional[int]] = {"cpu": None, "gpu": None}
+    preset = raw.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"policy.preset: unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+        limits.update({k: int(v) for k, v in PRESETS[str(preset)]["limits"].items() if v is not None})
+        budgets.update(PRESETS[str(preset)]["budgets"])
+    for source, prefix in ((raw, "policy"), (override, "user override")):
+        for kind, value in _durations_by_kind(source.get("limits"), f"{prefix} limits", False).items():
+            assert value is not None
+            limits[kind] = value
+        budgets.update(_durations_by_kind(source.get("budgets"), f"{prefix} budgets", True))
+    warnings_raw = raw.get("warnings", None)
+    if warnings_raw is None:
+        warnings = DEFAULT_WARNINGS
+    else:
+        if not isinstance(warnings_raw, (list, tuple)):
+            raise ValueError(f"policy.warnings: expected a list of durations, got {warnings_raw!r}")
+        try:
+            warnings = tuple(sorted({parse_duration(w) for w in warnings_raw}, reverse=True))
+        except ValueError as exc:
+            raise ValueError(f"policy.warnings: {exc}") from None
+    try:
+        min_start = parse_duration(raw.get("min_start", DEFAULT_MIN_START))
+    except ValueError as exc:
+        raise ValueError(f"policy.min_start: {exc}") from None
+    for kind, budget in budgets.items():
+        if budget is not None and budget < min_start:
+            raise ValueError(f"budgets.{kind}: {budget}s is shorter than policy.min_start ({min_start}s)")
+    return Policy(limits=limits, budgets=budgets, warnings=warnings, min_start=min_start)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rolling budgets
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A past or running session of one kind: [start, end); end None = still running."""
+
+    start: float
+    end: Optional[float] = None
+
+
+def used_in_window(intervals: Iterable[Interval], at: float, window: int = WINDOW) -> float:
+    """Seconds of the intervals inside [at - window, at]; running intervals count up to ``at``."""
+    lo = at - window
+    total = 0.0
+    for iv in intervals:
+        end = at if iv.end is None else min(iv.end, at)
+        start = max(iv.start, lo)
+        if end > start:
+            total += end - start
+    return total
+
+
+def _first_reaching(fn, target: float, now: float, breakpoints: Iterable[float]) -> Optional[float]:  # type: ignore[no-untyped-def]
+    """First t >= now with fn(t) >= target, for fn piecewise linear between the breakpoints."""
+    points = sorted({now} | {b for b in breakpoints if b > now})
+    prev_t = points[0]
+    prev_v = fn(prev_t)
+    if prev_v >= target:
+        return prev_t
+    for t in points[1:]:
+        v = fn(t)
+        if v >= target:
+            # linear between prev_t and t
+            return prev_t + (target - prev_v) * (t - prev_t) / (v - prev_v)
+        prev_t, prev_v = t, v
+    return None
+
+
+def _breakpoints(intervals: Sequence[Interval], window: int) -> List[float]:
+    points: List[float] = []
+    for iv in intervals:
+        points.append(iv.start + window)
+        if iv.end is not None:
+            points.append(iv.end + window)
+    return points
+
+
+def budget_end(
+    past: Sequence[Interval], running_start: float, budget: int, now: float, window: int = WINDOW
+) -> Optional[float]:
+    """When the running session (started at running_start) exhausts the rolling budget; None = never.
+
+    ``past`` are the user's other sessions of the same kind (closed ones; the running one is added here).
+    Older sessions leaving the window give time back while the session runs; that is taken into account.
+    """
+    intervals = list(past) + [Interval(running_start, None)]
+    return _first_reaching(
+        lambda t: used_in_window(intervals, t, window), float(budget), now, _breakpoints(intervals, window)
+    )
+
+
+def budget_available_at(
+    past: Sequence[Interval], budget: int, needed: int, now: float, window: int = WINDOW
+) -> Optional[float]:
+    """The first time >= now at which at least ``needed`` seconds of budget are left (None if never)."""
+    if needed > budget:
+        return None
+    intervals = list(past)
+    return _first_reaching(
+        lambda t: budget - used_in_window(intervals, t, window), float(needed), now, _breakpoints(intervals, window)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running sessions and start decisions
+
+
+@dataclass(frozen=True)
+class Deadline:
+    stop_at: float  # when the guard stops the session
+    reason: str  # "limit" or "budget": which one binds
+    limit_at: float  # started + session limit + extensions
+    budget_at: Optional[float]  # when the budget runs out (+ extensions); None = no budget
+
+
+def deadline(
+    policy: Policy,
+    kind: str,
+    started: float,
+    extended: int,
+    past: Sequence[Interval],
+    now: float,
+    window: int = WINDOW,
+) -> Deadline:
+    """Stop time of a running session: the earlier of session limit and budget, both moved by admin extensions."""
+    limit_at = started + policy.limit(kind) + extended
+    budget = policy.budget(kind)
+    budget_at: Optional[float] = None
+    if budget is not None:
+        end = budget_end(past, started, budget, now, window)
+        if end is not None:
+            budget_at = end + extended
+    if budget_at is not None and budget_at < limit_at:
+        return Deadline(budget_at, "budget", limit_at, budget_at)
+    return Deadline(limit_at, "limit", limit_at, budget_at)
+
+
+def time_left(policy: Policy, kind: str, started: float, extended: int, past: Sequence[Interval], now: float) -> float:
+    """Seconds until the running session is stopped (min of session limit and remaining budget); may be < 0."""
+    return deadline(policy, kind, started, extended, past, now).stop_at - now
+
+
+def budget_left(policy: Policy, kind: str, intervals: Sequence[Interval], now: float) -> Optional[float]:
+    """Seconds of budget left now (running sessions counted up to now); None = no budget for this kind."""
+    budget = policy.budget(kind)
+    if budget is None:
+        return None
+    return max(0.0, budget - used_in_window(intervals, now))
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    allowed: bool
+    available_at: Optional[float] = None  # when a start is possible again (budget refusals)
+    message: str = ""
+
+
+def start_decision(policy: Policy, kind: str, past: Sequence[Interval], now: float) -> StartDecision:
+    """Whether a ``kind`` runtime may start now as far as the budget goes; if not, when it may."""
+    budget = policy.budget(kind)
+    if budget is None:
+        return StartDecision(True)
+    left = budget - used_in_window(past, now)
+    if left >= policy.min_start:
+        return StartDecision(True)
+    at = budget_available_at(past, budget, policy.min_start, now)
+    if at is None:  # cannot happen for a valid policy (min_start <= budget); refuse without a time
+        return StartDecision(False, None, f"{kind} budget exhausted")
+    return StartDecision(
+        False,
+        at,
+        f"{kind} budget exhausted until {format_clock(at)} UTC "
+        f"({format_duration(budget)} per 24h; {format_duration(max(left, 0))} left now)",
+    )
+
+
+def due_warnings(time_left_seconds: float, offsets: Iterable[int], sent: Iterable[int]) -> List[int]:
+    """Warning offsets that have come due and were not sent yet, largest first.
+
+    A warning is due when time left <= its offset. Nothing is due once the time is up (the guard stops instead).
+    The caller sends one notice for all of them (a late guard run does not send a burst) and records them all.
+    """
+    if time_left_seconds <= 0:
+        return []
+    done = set(sent)
+    return sorted((o for o in offsets if time_left_seconds <= o and o not in done), reverse=True)

@@ -1,0 +1,474 @@
+"""Session operations (start, stop, extend, list, usage) and the guard and boot runs.
+
+Every operation that changes something holds the guard lock (``fcntl.flock`` on ``config.lock``): start, stop,
+extend and boot wait for it (up to ``lock_timeout``), the cron-driven guard run does not wait (a second concurrent
+run does nothing). Because a start holds the lock from its ledger insert to ``podman run`` returning, a guard run
+never mistakes a start in progress for a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from metalab.guard import files
+from metalab.guard.config import Config, User
+from metalab.guard.engine import ContainerInfo, ContainerSpec, EngineError, PodmanEngine, container_name
+from metalab.guard.ledger import Ledger, LedgerError, Runtime
+from metalab.guard.policy import (
+    KINDS,
+    WINDOW,
+    Interval,
+    Policy,
+    budget_left,
+    deadline,
+    due_warnings,
+    format_clock,
+    format_duration,
+    format_iso,
+    start_decision,
+)
+
+log = logging.getLogger("metalab.guard")
+
+NOTICE_DIR = ".metalab"
+NOTICE_FILE = "session-notice.txt"
+
+
+class Refused(Exception):
+    """The request is refused (exit code 2); nothing was changed."""
+
+
+class Failure(Exception):
+    """The request failed (exit code 1)."""
+
+
+class GuardLock:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: Optional[int] = None
+
+    def acquire(self, wait: float) -> bool:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o755, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline_at = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.fd = fd
+                return True
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
+                    raise
+            if time.monotonic() >= deadline_at:
+                os.close(fd)
+                return False
+            time.sleep(0.05)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def make_engine(config: Config) -> PodmanEngine:
+    if config.runtime.engine == "fake":
+        from metalab.guard.simulated import SimulatedPodman  # test support, see its docstring
+
+        assert config.runtime.fake_state is not None
+        return PodmanEngine(config.runtime, runner=SimulatedPodman(config.runtime.fake_state))
+    return PodmanEngine(config.runtime)
+
+
+@dataclass
+class RunReport:
+    skipped: bool = False
+    warned: List[str] = field(default_factory=list)
+    stopped: List[Tuple[str, str]] = field(default_factory=list)
+    crashed: List[str] = field(default_factory=list)
+    finished: List[str] = field(default_factory=list)
+    promoted: List[str] = field(default_factory=list)
+    orphans: List[str] = field(default_factory=list)
+    errors: List[str] = field(default_factory=list)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "warned": self.warned,
+            "stopped": [{"user": u, "reason": r} for u, r in self.stopped],
+            "crashed": self.crashed,
+            "finished_stops": self.finished,
+            "recovered_starts": self.promoted,
+            "orphans_removed": self.orphans,
+            "errors": self.errors,
+        }
+
+
+class Lab:
+    def __init__(
+        self,
+        config: Config,
+        engine: Optional[PodmanEngine] = None,
+        ledger: Optional[Ledger] = None,
+        actor: str = "metalab-guard",
+    ) -> None:
+        self.config = config
+        self.engine = engine or make_engine(config)
+        self.ledger = ledger or Ledger(config.ledger)
+        self.actor = actor
+        self.lock = GuardLock(config.lock)
+
+    def close(self) -> None:
+        self.ledger.close()
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _locked(self, wait: Optional[float] = None) -> None:
+        if not self.lock.acquire(self.config.lock_timeout if wait is None else wait):
+            raise Failure(f"another metalab-guard holds {self.config.lock}; try again in a moment")
+
+    def policy_for(self, user: str) -> Policy:
+        known = self.config.users.get(user)
+        return known.policy if known else self.config.default_policy
+
+    def _history(self, now: float) -> Dict[Tuple[str, str], List[Runtime]]:
+        out: Dict[Tuple[str, str], List[Runtime]] = {}
+        for row in self.ledger.sessions_since(now - WINDOW):
+            out.setdefault((row.user, row.kind), []).append(row)
+        return out
+
+    @staticmethod
+    def _intervals(rows: List[Runtime], exclude: Optional[int] = None) -> List[Interval]:
+        return [Interval(r.started, r.ended) for r in rows if r.id != exclude]
+
+    def _deadline(self, row: Runtime, history: Dict[Tuple[str, str], List[Runtime]], now: float):  # type: ignore[no-untyped-def]
+        past = self._intervals(history.get((row.user, row.kind), []), exclude=row.id)
+        return deadline(self.policy_for(row.user), row.kind, row.started, row.extended_seconds, past, now)
+
+    def _describe(self, row: Runtime, history: Dict[Tuple[str, str], List[Runtime]], now: float) -> Dict[str, Any]:
+        dl = self._deadline(row, history, now)
+        rows = history.get((row.user, row.kind), [])
+        left = budget_left(self.policy_for(row.user), row.kind, self._intervals(rows), now)
+        return {
+            "session": row.id,
+            "user": row.user,
+            "host": row.host,
+            "kind": row.kind,
+            "gpu": row.gpu,
+            "state": row.state,
+            "container": row.container,
+            "started": format_iso(row.started),
+            "deadline": format_iso(dl.stop_at),
+            "stop_reason": dl.reason,
+            "time_left_seconds": max(0, int(dl.stop_at - now)),
+            "budget_left_seconds": None if left is None else int(left),
+            "extended_seconds": row.extended_seconds,
+        }
+
+    # -- reconciliation -------------------------------------------------------------------------------------
+
+    def _finish_stop(self, row: Runtime, now: float, report: Optional[RunReport] = None) -> None:
+        self.engine.stop(row.container)
+        if self.ledger.close_row(row.id, None, ended=now, now=now, actor=self.actor) and report is not None:
+            report.finished.append(row.user)
+
+    def reconcile(self, now: float, report: RunReport) -> Dict[str, ContainerInfo]:
+        """Finish interrupted stops and starts, close rows of crashed runtimes, remove containers without a row."""
+        containers = self.engine.list()
+        open_rows = self.ledger.open_runtimes()
+        for row in open_rows:
+            info = containers.get(row.container)
+            ours = info is not None and info.session == row.id
+            try:
+                if row.state == "stopping":
+                    self._finish_stop(row, now, report)
+                elif ours and info is not None and info.running:
+                    if row.state == "starting" and self.ledger.mark_running(
+                        row.id, now, self.actor, recovered=True
+                    ):  # the start was killed after podman run
+                        report.promoted.append(row.user)
+                else:
+                    # The container exited or is gone: a crash (or a start killed before podman run finished).
+                    if ours:
+                        self.engine.remove(row.container)
+                    state = info.state if ours and info is not None else "gone"
+                    if self.ledger.close_row(
+                        row.id, "crash", ended=now, now=now, actor=self.actor, container_state=state, phase=row.state
+                    ):
+                        report.crashed.append(row.user)
+                        log.warning("runtime of %s (session %d) crashed: container %s", row.user, row.id, state)
+            except EngineError as exc:
+                report.errors.append(f"{row.user}: {exc}")
+                log.error("%s: %s", row.user, exc)
+        open_ids = {r.id for r in open_rows}
+        for name, info in containers.items():
+            if info.session in open_ids:
+                continue  # handled above (still running, or its stop failed and is retried next run)
+            try:
+                self.engine.stop(name)
+            except EngineError as exc:
+                report.errors.append(f"{name}: {exc}")
+                continue
+            report.orphans.append(name)
+            self.ledger.record_event(
+                now, None, info.labels.get("metalab.user"), "orphan-removed", self.actor,
+                container=name, session_label=info.labels.get("metalab.session"),
+            )  # fmt: skip
+            log.warning("removed container %s: no open ledger row", name)
+        return containers
+
+    # -- operations -----------------------------------------------------------------------------------------
+
+    def _user(self, name: str) -> User:
+        user = self.config.users.get(name)
+        if user is None:
+            raise Refused(f"unknown user {name!r}: not a lab user on {self.config.host}")
+        return user
+
+    def start(self, name: str, kind: str, now: Optional[float] = None) -> Dict[str, Any]:
+        if kind not in KINDS:
+            raise Refused(f"unknown runtime kind {kind!r}; use cpu or gpu")
+        user = self._user(name)
+        if kind == "gpu":
+            if not user.gpu:
+                raise Refused(f"{name} may not start GPU runtimes (users.{name}.gpu is false)")
+            if not self.config.runtime.gpus:
+                raise Refused(f"host {self.config.host} has no GPUs")
+        self._locked()
+        try:
+            now = time.time() if now is None else now
+            report = RunReport()
+            self.reconcile(now, report)  # frees GPUs of crashed runtimes; errors there are retried by the guard
+            return self._start_locked(user, kind, now)
+        finally:
+            self.lock.release()
+
+    def free_gpus(self, open_rows: Optional[List[Runtime]] = None) -> List[int]:
+        rows = self.ledger.open_runtimes() if open_rows is None else open_rows
+        busy = {r.gpu for r in rows if r.gpu is not None}
+        return [g for g in self.config.runtime.gpus if g not in busy]
+
+    def _start_locked(self, user: User, kind: str, now: float) -> Dict[str, Any]:
+        existing = self.ledger.open_for_user(user.name)
+        if existing is not None and existing.state == "stopping":
+            raise Refused(f"the previous runtime of {user.name} is still stopping; try again in a minute")
+        if existing is not None:
+            raise Refused(
+                f"{user.name} already has a {existing.kind} runtime (session {existing.id}, "
+                f"started {format_clock(existing.started)} UTC); stop it first"
+            )
+        history = self._history(now)
+        decision = start_decision(user.policy, kind, self._intervals(history.get((user.name, kind), [])), now)
+        if not decision.allowed:
+            raise Refused(f"cannot start a {kind} runtime for {user.name}: {decision.message}")
+        gpu: Optional[int] = None
+        if kind == "gpu":
+            free = self.free_gpus()
+            if not free:
+                total = len(self.config.runtime.gpus)
+                raise Refused(f"no GPU runtime available right now ({total} of {total} in use)")
+            gpu = free[0]
+        name = container_name(user.name)
+        try:
+            row = self.ledger.insert_starting(user.name, self.config.host, kind, gpu, name, now, self.actor)
+        except LedgerError as exc:
+            raise Refused(str(exc)) from None
+        env_file: Optional[str] = None
+        try:
+            rt = self.config.runtime
+            token = files.read_or_create_token(rt.token_dir, user.name)
+            sockdir = files.ensure_socket_dir(rt.socket_root, user.name, user.uid, files.group_id(rt.frontdoor_group))
+            env = dict(rt.env)
+            env.update({rt.token_env: token, "HOME": "/home/studio-lab-user", "METALAB_SESSION": str(row.id)})
+            env_file = files.write_env_file(rt.env_dir, user.name, env)
+            spec = ContainerSpec(
+                name=name,
+                user=user.name,
+                uid=user.uid,
+                gid=user.gid,
+                home=user.home,
+                sockdir=sockdir,
+                kind=kind,
+                gpu=gpu,
+                session=row.id,
+                env_file=env_file,
+            )
+            container_id = self.engine.start(spec)
+        except (EngineError, files.FileError, OSError) as exc:
+            try:
+                self.engine.remove(name)
+            except EngineError as rm_exc:
+                log.error("cleanup after failed start of %s: %s", user.name, rm_exc)
+            self.ledger.close_row(row.id, "start-failed", ended=now, now=now, actor=self.actor, error=str(exc))
+            raise Failure(f"starting a {kind} runtime for {user.name} failed: {exc}") from None
+        finally:
+            files.remove_quietly(env_file)
+        self.ledger.mark_running(row.id, now, self.actor, container_id=container_id[:12], gpu=gpu)
+        log.info("started %s runtime for %s (session %d, gpu %s)", kind, user.name, row.id, gpu)
+        started = self.ledger.get(row.id)
+        assert started is not None
+        return self._describe(started, self._history(now), now)
+
+    def _stop_row(self, row: Runtime, reason: str, now: float) -> bool:
+        """Two-phase stop: record the reason, stop the container, close the row. Idempotent."""
+        self.ledger.mark_stopping(row.id, reason, now, self.actor)
+        self.engine.stop(row.container)
+        closed = self.ledger.close_row(row.id, None, ended=now, now=now, actor=self.actor)
+        if closed:
+            log.info("stopped runtime of %s (session %d): %s", row.user, row.id, reason)
+        return closed
+
+    def stop(self, name: str, reason: str = "admin", now: Optional[float] = None) -> Dict[str, Any]:
+        self._locked()
+        try:
+            now = time.time() if now is None else now
+            row = self.ledger.open_for_user(name)
+            if row is None:
+                if name not in self.config.users:
+                    raise Refused(f"unknown user {name!r}: not a lab user on {self.config.host}")
+                return {"user": name, "stopped": False, "message": f"{name} has no runtime running"}
+            try:
+                self._stop_row(row, reason, now)
+            except EngineError as exc:
+                raise Failure(f"stopping the runtime of {name} failed (the next guard run retries): {exc}") from None
+            final = self.ledger.get(row.id)
+            assert final is not None
+            return {
+                "user": name,
+                "stopped": True,
+                "session": row.id,
+                "kind": row.kind,
+                "gpu": row.gpu,
+                "reason": final.end_reason,
+                "started": format_iso(row.started),
+                "ended": format_iso(final.ended),
+            }
+        finally:
+            self.lock.release()
+
+    def extend(self, name: str, seconds: int, now: Optional[float] = None) -> Dict[str, Any]:
+        if seconds <= 0:
+            raise Refused("an extension must be longer than zero")
+        self._user(name)
+        self._locked()
+        try:
+            now = time.time() if now is None else now
+            row = self.ledger.open_for_user(name)
+            if row is None or row.state not in ("starting", "running"):
+                raise Refused(f"{name} has no runtime running")
+            row = self.ledger.add_extension(row.id, seconds, now, self.actor)
+            log.info("extended runtime of %s (session %d) by %ds", name, row.id, seconds)
+            return self._describe(row, self._history(now), now)
+        finally:
+            self.lock.release()
+
+    def status(self, now: Optional[float] = None) -> List[Dict[str, Any]]:
+        now = time.time() if now is None else now
+        history = self._history(now)
+        return [self._describe(row, history, now) for row in self.ledger.open_runtimes()]
+
+    def usage(self, since: float, now: Optional[float] = None) -> List[Dict[str, Any]]:
+        """Seconds used per user and kind in [since, now] (running sessions count up to now)."""
+        now = time.time() if now is None else now
+        totals: Dict[Tuple[str, str], List[float]] = {}
+        for row in self.ledger.sessions_since(since):
+            end = now if row.ended is None else min(row.ended, now)
+            seconds = max(0.0, end - max(row.started, since))
+            acc = totals.setdefault((row.user, row.kind), [0.0, 0])
+            acc[0] += seconds
+            acc[1] += 1
+        return [
+            {"user": u, "kind": k, "seconds": int(s), "hours": round(s / 3600, 2), "sessions": int(n)}
+            for (u, k), (s, n) in sorted(totals.items())
+        ]
+
+    # -- guard and boot -------------------------------------------------------------------------------------
+
+    def _warn(self, row: Runtime, offsets: List[int], stop_at: float, reason: str, now: float) -> None:
+        user = self.config.users.get(row.user)
+        what = "session limit" if reason == "limit" else "daily budget"
+        message = (
+            f"metalab: your {row.kind} runtime stops in {format_duration(stop_at - now)} "
+            f"(at {format_clock(stop_at)} UTC, {what}). Save your work now."
+        )
+        delivered = False
+        if user is not None:
+            try:
+                files.write_user_file(user.home, user.uid, user.gid, NOTICE_DIR, NOTICE_FILE, message + "\n")
+                delivered = True
+            except (OSError, files.FileError) as exc:
+                log.warning("notice file for %s: %s", row.user, exc)
+            if self.engine.notify(row.container, user.uid, user.gid, message):
+                delivered = True
+            else:
+                log.warning("could not write the warning to the terminals of %s", row.container)
+        if delivered:
+            self.ledger.record_warnings(row.id, offsets, now, self.actor, message)
+            log.info("warned %s: %s", row.user, message)
+
+    def run(self, now: Optional[float] = None) -> RunReport:
+        """One guard run: reconcile, warn, stop what is past its limit or budget."""
+        report = RunReport()
+        if not self.lock.acquire(0):
+            report.skipped = True
+            log.info("another guard run holds %s; nothing to do", self.config.lock)
+            return report
+        try:
+            now = time.time() if now is None else now
+            self.reconcile(now, report)
+            history = self._history(now)
+            for row in self.ledger.open_runtimes():
+                if row.state != "running":
+                    continue
+                dl = self._deadline(row, history, now)
+                try:
+                    if now >= dl.stop_at:
+                        if self._stop_row(row, dl.reason, now):
+                            report.stopped.append((row.user, dl.reason))
+                        continue
+                    due = due_warnings(dl.stop_at - now, self.policy_for(row.user).warnings, row.warnings_sent)
+                    if due:
+                        self._warn(row, due, dl.stop_at, dl.reason, now)
+                        report.warned.append(row.user)
+                except EngineError as exc:
+                    report.errors.append(f"{row.user}: {exc}")
+                    log.error("%s: %s", row.user, exc)
+            self.ledger.set_meta("last_run", repr(now))
+            return report
+        finally:
+            self.lock.release()
+
+    def boot(self, now: Optional[float] = None) -> RunReport:
+        """At boot: close every open row (reason host-restart) and remove leftover containers.
+
+        The end time is the last guard run before the restart (the guard runs every minute), not the boot time,
+        so a host that was down does not eat into users' budgets.
+        """
+        report = RunReport()
+        self._locked()
+        try:
+            now = time.time() if now is None else now
+            last = self.ledger.meta("last_run")
+            last_seen = float(last) if last else now
+            for row in self.ledger.open_runtimes():
+                try:
+                    self.ledger.mark_stopping(row.id, "host-restart", now, self.actor)
+                    self.engine.stop(row.container)
+                except EngineError as exc:
+                    report.errors.append(f"{row.user}: {exc}")
+                    continue
+                ended = min(now, max(row.started, last_seen))
+                if self.ledger.close_row(row.id, "host-restart", ended=ended, now=now, actor=self.actor):
+                    report.stopped.append((row.user, "host-restart"))
+            self.reconcile(now, report)  # leftover containers of closed rows are orphans now
+            self.ledger.set_meta("last_run", repr(now))
+            return report
+        finally:
+            self.lock.release()

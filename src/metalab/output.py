@@ -1,0 +1,105 @@
+"""Shared output conventions: a rich table by default, ``--json`` for scripts, ``--csv`` for spreadsheets.
+
+Commands declare ``@output_options()`` (or ``@output_options(csv=False)``) and call
+``emit(rows, columns, fmt)``. The format comes from the flag, else ``METALAB_OUTPUT``,
+else the config file's ``output``, else ``table`` (see ``metalab.config``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+
+import click
+
+from metalab import config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUS_STYLES = {
+    "ok": "green",
+    "warn": "yellow",
+    "fail": "bold red",
+    "n/a": "dim",
+    "present": "green",
+    "absent": "dim",
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str = ""
+    justify: str = "left"
+    styled: bool = False  # colour the value with STATUS_STYLES
+
+    @property
+    def title(self) -> str:
+        return self.header or self.key
+
+
+def output_options(csv: bool = True) -> Callable[[F], F]:
+    """``--json`` / ``--csv`` / ``--table`` flags, all setting the ``output`` parameter."""
+
+    def decorate(func: F) -> F:
+        if csv:
+            func = click.option(
+                "--csv", "output", flag_value="csv", default=None, help="Comma-separated values, with a header row."
+            )(func)
+        func = click.option("--json", "output", flag_value="json", default=None, help="JSON, for scripts.")(func)
+        func = click.option("--table", "output", flag_value="table", default=None, help="A table (the default).")(func)
+        return func
+
+    return decorate
+
+
+def resolve_format(flag: str | None, allowed: Sequence[str] = config.OUTPUT_FORMATS) -> str:
+    fmt = config.output_format(flag)
+    # A configured default the command does not offer falls back to the table; an explicit flag cannot get here.
+    return fmt if fmt in allowed else "table"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def emit(
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[Column],
+    fmt: str,
+    *,
+    title: str | None = None,
+    stream: IO[str] | None = None,
+) -> None:
+    stream = stream or sys.stdout
+    if fmt == "json":
+        stream.write(json.dumps([dict(r) for r in rows], indent=2, default=str) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow([c.key for c in columns])
+        for row in rows:
+            writer.writerow(["" if row.get(c.key) is None else row.get(c.key) for c in columns])
+    else:
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for c in columns:
+            table.add_column(c.title, justify=c.justify)  # type: ignore[arg-type]
+        for row in rows:
+            cells = []
+            for c in columns:
+                text = _cell(row.get(c.key))
+                style = STATUS_STYLES.get(text) if c.styled else None
+                cells.append(f"[{style}]{escape(text)}[/]" if style else escape(text))
+            table.add_row(*cells)
+        Console(file=stream).print(table)

@@ -1,0 +1,114 @@
+"""`labctl provision`: run a playbook of the collection with live per-host progress and a trustworthy exit code."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import click
+
+from metalab import config, runner
+
+
+def run_and_report(
+    playbook: str = "site",
+    *,
+    inventory: str | None = None,
+    limit: str | None = None,
+    tags: str | None = None,
+    check: bool = False,
+    plain: bool = False,
+) -> int:
+    """Run ``playbook``, show progress and the summary; return the exit code (see metalab.runner)."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    plain = plain or not console.is_terminal
+    model = runner.ProgressModel()
+    # Output that is not a host result (inventory or syntax errors) is shown when the run ends without a recap.
+    tail: deque[str] = deque(maxlen=15)
+
+    def remember(event: dict[str, Any]) -> None:
+        if event.get("event") in ("verbose", "error", "warning", "deprecated") and event.get("stdout"):
+            tail.extend(str(event["stdout"]).splitlines())
+
+    def plain_event(event: dict[str, Any]) -> None:
+        remember(event)
+        line = runner.plain_line(event)
+        if line is not None:
+            click.echo(line)
+
+    try:
+        runner.playbook_path(playbook)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    mode = " (check mode: nothing changes)" if check else ""
+    where = f" on {limit}" if limit else ""
+    started = time.monotonic()
+    if plain:
+        click.echo(f"labctl: running {playbook}{where}{mode}")
+        result = runner.run_playbook(
+            playbook, inventory=inventory, limit=limit, tags=tags, check=check, model=model, on_event=plain_event
+        )
+    else:
+        console.print(f"[bold]labctl[/]: running {playbook}{where}{mode}")
+        with Live(get_renderable=lambda: runner.progress_table(model), console=console, refresh_per_second=4):
+            result = runner.run_playbook(
+                playbook, inventory=inventory, limit=limit, tags=tags, check=check, model=model, on_event=remember
+            )
+    code = result.exit_code
+    if not model.finished:
+        message = f"the run ended without a recap (ansible-runner status {result.status}, rc {result.rc})"
+        if plain:
+            click.echo("\n".join(tail), err=True)
+            click.echo(f"labctl: {message}", err=True)
+        else:
+            console.print("\n".join(tail), markup=False, highlight=False)
+            console.print(f"[red]labctl[/]: {message}")
+    if model.hosts:
+        if plain:
+            click.echo("\n".join(runner.summary_lines(model)))
+        else:
+            console.print(runner.summary_table(model))
+    verdict = {
+        runner.EXIT_OK: "all hosts ok",
+        runner.EXIT_FAILED: "some hosts failed",
+        runner.EXIT_UNREACHABLE: "some hosts were unreachable",
+        runner.EXIT_ERROR: "the run did not complete",
+    }[code]
+    elapsed = runner.format_duration(time.monotonic() - started)
+    if plain:
+        click.echo(f"artifacts: {result.artifacts}")
+        click.echo(f"result: {verdict} in {elapsed} (exit {code})")
+    else:
+        console.print(f"artifacts: {result.artifacts}", highlight=False)
+        colour = "green" if code == runner.EXIT_OK else "red"
+        console.print(f"[{colour}]{verdict}[/] in {elapsed} (exit {code})")
+    return code
+
+
+@click.command("provision")
+@click.option("-i", "--inventory", metavar="INVENTORY", help="Inventory file or directory [env: METALAB_INVENTORY].")
+@click.option("--limit", metavar="HOSTS", help="Only these hosts or groups (Ansible --limit pattern).")
+@click.option("--tags", metavar="TAGS", help="Only tasks with these tags (comma-separated).")
+@click.option("--check", is_flag=True, help="Dry run: report what would change, change nothing.")
+@click.option("--plain", is_flag=True, help="Line output instead of the live table (automatic when not a terminal).")
+@click.option("--playbook", default="site", show_default=True, help="Playbook of the collection to run.")
+def cli(inventory: str | None, limit: str | None, tags: str | None, check: bool, plain: bool, playbook: str) -> None:
+    """Provision the lab: run a playbook of metalab.lab on the inventory's hosts.
+
+    \b
+    Exit codes:
+      0  every host ok (changes are ok)
+      1  the run did not complete (inventory or syntax error, interrupted)
+      2  a task failed on at least one host
+      3  no failure, but at least one host was unreachable
+    """
+    sys.exit(
+        run_and_report(
+            playbook, inventory=config.inventory(inventory), limit=limit, tags=tags, check=check, plain=plain
+        )
+    )

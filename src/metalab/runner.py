@@ -1,0 +1,398 @@
+"""Run playbooks of the collection through ansible-runner and follow their progress.
+
+``ProgressModel`` is pure: it is fed ansible-runner event dicts (live, or replayed
+from ``artifacts/<ident>/job_events/*.json``) and holds per-host state, the
+summary and the exit code. The displays and ``run_playbook`` are the impure edge.
+
+Exit codes (``labctl provision`` and everything that runs a playbook):
+
+- 0: every host ok (changed is ok)
+- 1: the run did not complete (bad inventory, syntax error, no recap) or labctl failed
+- 2: at least one host failed a task
+- 3: no host failed, but at least one was unreachable
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from metalab import collection
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_FAILED = 2
+EXIT_UNREACHABLE = 3
+
+# Events that carry a task result for one host.
+_RESULT_EVENTS = {
+    "runner_on_ok": "ok",
+    "runner_on_failed": "failed",
+    "runner_on_unreachable": "unreachable",
+    "runner_on_skipped": "skipped",
+}
+# Keys of playbook_on_stats, mapped to HostProgress fields.
+_STATS_KEYS = {
+    "ok": "ok",
+    "changed": "changed",
+    "failures": "failed",
+    "dark": "unreachable",
+    "skipped": "skipped",
+    "ignored": "ignored",
+    "rescued": "rescued",
+}
+
+
+def _parse_time(value: Any) -> float | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass
+class HostProgress:
+    """What one host has done so far. Counts follow Ansible's recap: a changed task also counts as ok."""
+
+    name: str
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    unreachable: int = 0
+    skipped: int = 0
+    ignored: int = 0
+    rescued: int = 0
+    role: str = ""
+    task: str = ""
+    first_start: float | None = None
+    last_end: float | None = None
+    last_error: str = ""
+    # True while the host runs a task (runner_on_start seen, no result yet).
+    busy: bool = False
+
+    @property
+    def status(self) -> str:
+        if self.unreachable:
+            return "unreachable"
+        if self.failed:
+            return "failed"
+        if self.changed:
+            return "changed"
+        return "ok"
+
+    @property
+    def duration(self) -> float:
+        if self.first_start is None or self.last_end is None:
+            return 0.0
+        return max(0.0, self.last_end - self.first_start)
+
+    def elapsed(self, now: float) -> float:
+        """Seconds since the host started its first task, up to ``now`` (wall clock, epoch seconds)."""
+        if self.first_start is None:
+            return 0.0
+        return max(0.0, now - self.first_start)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "host": self.name,
+            "status": self.status,
+            "ok": self.ok,
+            "changed": self.changed,
+            "failed": self.failed,
+            "unreachable": self.unreachable,
+            "skipped": self.skipped,
+            "ignored": self.ignored,
+            "rescued": self.rescued,
+            "duration": round(self.duration, 1),
+            "error": self.last_error,
+        }
+
+
+@dataclass
+class ProgressModel:
+    """Per-host progress of one playbook run, built only from ansible-runner events."""
+
+    hosts: dict[str, HostProgress] = field(default_factory=dict)
+    play: str = ""
+    role: str = ""
+    task: str = ""
+    finished: bool = False
+    started: float | None = None
+
+    def host(self, name: str) -> HostProgress:
+        if name not in self.hosts:
+            self.hosts[name] = HostProgress(name)
+        return self.hosts[name]
+
+    def feed(self, event: Mapping[str, Any]) -> None:
+        kind = event.get("event", "")
+        data: Mapping[str, Any] = event.get("event_data") or {}
+        created = _parse_time(event.get("created"))
+        if self.started is None and created is not None:
+            self.started = created
+        if kind == "playbook_on_play_start":
+            self.play = data.get("play", "") or data.get("name", "")
+        elif kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
+            self.task = data.get("task", "")
+            self.role = data.get("role", "") or ""
+        elif kind == "runner_on_start" and data.get("host"):
+            h = self.host(data["host"])
+            h.task, h.role, h.busy = data.get("task", ""), data.get("role", "") or "", True
+            start = _parse_time(data.get("start")) or created
+            if h.first_start is None and start is not None:
+                h.first_start = start
+        elif kind in _RESULT_EVENTS and data.get("host"):
+            self._result(_RESULT_EVENTS[kind], data, created)
+        elif kind == "playbook_on_stats":
+            self._stats(data)
+
+    def _result(self, outcome: str, data: Mapping[str, Any], created: float | None) -> None:
+        h = self.host(data["host"])
+        h.busy = False
+        h.task, h.role = data.get("task", h.task), data.get("role", "") or ""
+        start, end = _parse_time(data.get("start")), _parse_time(data.get("end")) or created
+        if start is not None and (h.first_start is None or start < h.first_start):
+            h.first_start = start
+        if end is not None and (h.last_end is None or end > h.last_end):
+            h.last_end = end
+        res: Mapping[str, Any] = data.get("res") or {}
+        if outcome == "failed" and data.get("ignore_errors"):
+            h.ignored += 1
+        elif outcome == "failed":
+            h.failed += 1
+            h.last_error = _one_line(res.get("msg"), h.task)
+        elif outcome == "unreachable":
+            h.unreachable += 1
+            h.last_error = _one_line(res.get("msg"), h.task)
+        elif outcome == "skipped":
+            h.skipped += 1
+        else:
+            h.ok += 1
+            if res.get("changed"):
+                h.changed += 1
+
+    def _stats(self, data: Mapping[str, Any]) -> None:
+        """The recap is authoritative: it replaces the counts gathered along the way."""
+        self.finished = True
+        names: set[str] = set()
+        for key in (*_STATS_KEYS, "processed"):
+            names.update((data.get(key) or {}).keys())
+        for name in sorted(names):
+            h = self.host(name)
+            h.busy = False
+            for key, attr in _STATS_KEYS.items():
+                setattr(h, attr, int((data.get(key) or {}).get(name, 0)))
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [h.as_dict() for h in self.hosts.values()]
+
+    def exit_code(self) -> int:
+        if any(h.failed for h in self.hosts.values()):
+            return EXIT_FAILED
+        if any(h.unreachable for h in self.hosts.values()):
+            return EXIT_UNREACHABLE
+        if not self.finished:
+            return EXIT_ERROR
+        return EXIT_OK
+
+
+def _one_line(msg: Any, task: str) -> str:
+    text = " ".join(str(msg or "").split())
+    if len(text) > 200:
+        text = text[:197] + "..."
+    return f"{task}: {text}" if task else text
+
+
+def replay(events: Iterable[Mapping[str, Any]], model: ProgressModel | None = None) -> ProgressModel:
+    model = model or ProgressModel()
+    for event in events:
+        model.feed(event)
+    return model
+
+
+# --- running -----------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where labctl keeps ansible-runner's private data and artifacts: $METALAB_CACHE, else XDG cache."""
+    env = os.environ.get("METALAB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "metalab"
+
+
+@dataclass
+class RunResult:
+    model: ProgressModel
+    artifacts: Path
+    status: str
+    rc: int | None
+
+    @property
+    def exit_code(self) -> int:
+        return self.model.exit_code()
+
+
+def playbook_path(name: str) -> Path:
+    """``site`` -> <collection>/playbooks/site.yml; refuses names that are not playbooks of the collection."""
+    stem = name[:-4] if name.endswith(".yml") else name
+    path = collection.root() / "playbooks" / f"{stem}.yml"
+    if "/" in stem or not path.is_file():
+        known = sorted(p.stem for p in (collection.root() / "playbooks").glob("*.yml"))
+        raise FileNotFoundError(f"no playbook {stem!r} in the collection (known: {', '.join(known) or 'none'})")
+    return path
+
+
+def run_playbook(
+    playbook: str,
+    *,
+    inventory: str | None = None,
+    limit: str | None = None,
+    tags: str | None = None,
+    check: bool = False,
+    extravars: Mapping[str, Any] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    model: ProgressModel | None = None,
+    keep_artifacts: int = 30,
+) -> RunResult:
+    """Run a playbook of the collection; every event goes to ``model`` and then ``on_event``."""
+    import ansible_runner  # slow import: only when something runs
+
+    root = collection.root()
+    path = playbook_path(playbook)
+    model = model or ProgressModel()
+    private = cache_dir() / "runner"
+    private.mkdir(parents=True, exist_ok=True)
+    ident = f"{time.strftime('%Y%m%d-%H%M%S')}-{path.stem}-{os.getpid()}"
+
+    def handler(event: dict[str, Any]) -> bool:
+        model.feed(event)
+        if on_event is not None:
+            on_event(event)
+        return True  # keep the event in the artifacts
+
+    # The venv's ansible-playbook, whether or not the venv is activated.
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    cmdline = "--check --diff" if check else None
+    runner = ansible_runner.run(
+        private_data_dir=str(private),
+        project_dir=str(root),
+        playbook=str(path),
+        inventory=str(Path(inventory).expanduser().resolve()) if inventory else None,
+        limit=limit or None,
+        tags=tags or None,
+        cmdline=cmdline,
+        extravars=dict(extravars) if extravars else None,
+        envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg")},
+        ident=ident,
+        event_handler=handler,
+        rotate_artifacts=keep_artifacts,
+        quiet=True,
+    )
+    return RunResult(model=model, artifacts=private / "artifacts" / ident, status=runner.status, rc=runner.rc)
+
+
+# --- displays ----------------------------------------------------------------------------------------------
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+_STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "unreachable": "bold magenta"}
+
+
+def progress_table(model: ProgressModel, now: float | None = None) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    now = time.time() if now is None else now
+    table = Table(title=escape(model.play) or None, title_justify="left", expand=False)
+    for header in ("host", "role / task", "ok", "changed", "failed", "elapsed"):
+        table.add_column(header, justify="right" if header in ("ok", "changed", "failed", "elapsed") else "left")
+    for h in model.hosts.values():
+        task = escape(f"{h.role} : {h.task}" if h.role else h.task)
+        if h.unreachable:
+            task = "[magenta]unreachable[/]"
+        failed = f"[red]{h.failed}[/]" if h.failed else "0"
+        table.add_row(
+            escape(h.name),
+            task,
+            str(h.ok),
+            str(h.changed),
+            failed,
+            format_duration(h.elapsed(now) if h.busy else h.duration),
+        )
+    return table
+
+
+def summary_table(model: ProgressModel) -> Any:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="Summary", title_justify="left")
+    for header in ("host", "status", "ok", "changed", "failed", "unreachable", "skipped", "duration"):
+        table.add_column(header, justify="left" if header in ("host", "status") else "right")
+    for h in model.hosts.values():
+        style = _STATUS_STYLE.get(h.status, "")
+        table.add_row(
+            escape(h.name),
+            f"[{style}]{h.status}[/]",
+            str(h.ok),
+            str(h.changed),
+            str(h.failed),
+            str(h.unreachable),
+            str(h.skipped),
+            format_duration(h.duration),
+        )
+    return table
+
+
+def plain_line(event: Mapping[str, Any]) -> str | None:
+    """One line per play, task and host result; None for events not worth a line."""
+    kind = event.get("event", "")
+    data: Mapping[str, Any] = event.get("event_data") or {}
+    if kind == "playbook_on_play_start":
+        return f"PLAY {data.get('play') or data.get('name', '')}"
+    if kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
+        return f"TASK {data.get('name') or data.get('task', '')}"
+    if kind in _RESULT_EVENTS and data.get("host"):
+        res: Mapping[str, Any] = data.get("res") or {}
+        outcome = _RESULT_EVENTS[kind]
+        if outcome == "ok" and res.get("changed"):
+            outcome = "changed"
+        if outcome == "failed" and data.get("ignore_errors"):
+            outcome = "ignored"
+        line = f"  {outcome}: {data['host']}"
+        if outcome in ("failed", "unreachable"):
+            line += f" - {_one_line(res.get('msg'), '')}"
+        return line
+    return None
+
+
+def summary_lines(model: ProgressModel) -> list[str]:
+    lines = ["SUMMARY"]
+    for h in model.hosts.values():
+        lines.append(
+            f"  {h.name} status={h.status} ok={h.ok} changed={h.changed} failed={h.failed} "
+            f"unreachable={h.unreachable} skipped={h.skipped} duration={format_duration(h.duration)}"
+        )
+    return lines

@@ -1,0 +1,1 @@
+"""Throwaway lab hosts for tests and the demo (``labctl sandbox``)."""

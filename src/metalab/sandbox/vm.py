@@ -1,0 +1,103 @@
+"""`vm` sandboxes: the cached Debian image with Debian's kernel under qemu.
+
+Used for what needs a real kernel: NVMe namespaces (qemu's `nvme` device),
+filesystems with quotas, fstab and reboots. Software emulation unless KVM
+works here; SSH and HTTPS are forwarded to loopback ports.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from metalab.sandbox import rootfs, ssh, state
+from metalab.sandbox.errors import SandboxError
+
+MEMORY_MB = 2048
+
+
+def up(name: str, nvme_sizes: list[int]) -> dict[str, Any]:
+    directory = state.sandbox_dir(name)
+    with state.locked():
+        directory.mkdir(parents=True)
+        port, https_port = ssh.free_port(), ssh.free_port()
+        record: dict[str, Any] = {"name": name, "kind": "vm", "created": int(time.time())}
+        state.save(record)
+    try:
+        disk, kernel, initrd = rootfs.vm_image(directory / "build.log")
+        key = ssh.keypair(directory)
+        overlay = directory / "root.qcow2"
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(disk), str(overlay)], check=True
+        )
+        pubkey = base64.b64encode(Path(f"{key}.pub").read_bytes().strip()).decode()
+        argv = [
+            "qemu-system-x86_64",
+            "-name", f"metalab-{name}",
+            "-machine", "q35",
+            # Software emulation: /dev/kvm exists on these machines but guests hang under it.
+            "-accel", "tcg,thread=multi",
+            "-smp", "2",
+            "-m", str(MEMORY_MB),
+            "-display", "none",
+            "-monitor", "none",
+            "-serial", f"file:{directory / 'console.log'}",
+            "-kernel", str(kernel),
+            "-initrd", str(initrd),
+            "-append", f"root=/dev/vda rw console=ttyS0 quiet metalab.key={pubkey} metalab.hostname={name}",
+            "-drive", f"file={overlay},if=virtio,format=qcow2",
+            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22,hostfwd=tcp:127.0.0.1:{https_port}-:443",
+            "-device", "virtio-net-pci,netdev=n0",
+        ]  # fmt: skip
+        nvme = []
+        for number, size in enumerate(nvme_sizes):
+            image = directory / f"nvme{number}.img"
+            with open(image, "wb") as handle:
+                handle.truncate(size)
+            serial = f"ML{name[:12]}{number}".upper()
+            argv += ["-drive", f"file={image},if=none,id=nv{number},format=raw",
+                     "-device", f"nvme,serial={serial},drive=nv{number}"]  # fmt: skip
+            nvme.append({"serial": serial, "size": size, "image": str(image)})
+        log = open(directory / "qemu.log", "w")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        state.wait_exec(proc, "qemu-system-x86_64")
+        record.update(
+            pid=proc.pid,
+            ansible_host="127.0.0.1",
+            ansible_port=port,
+            ansible_user=rootfs.ADMIN_USER,
+            ansible_ssh_private_key_file=str(key),
+            https_port=https_port,
+            nvme=nvme,
+        )
+        state.save(record)
+        ssh.wait_for_ssh(
+            "127.0.0.1", port, rootfs.ADMIN_USER, key, timeout=300,
+            still_running=lambda: proc.poll() is None,
+        )  # fmt: skip
+    except BaseException as error:
+        tail = state.log_tail(directory / "qemu.log")
+        down(name)
+        if isinstance(error, SandboxError) and tail:
+            raise SandboxError(f"{error}; last lines of its output:\n{tail}") from None
+        raise
+    return record
+
+
+def down(name: str) -> None:
+    directory = state.sandbox_dir(name)
+    record = state.load(name) or {}
+    with contextlib.suppress(SandboxError):
+        state.terminate(record.get("pid"), "qemu-system-x86_64", timeout=10)
+    if directory.is_dir():
+        subprocess.run(["rm", "-rf", "--one-file-system", str(directory)], check=False)
+
+
+def is_up(record: dict[str, Any]) -> bool:
+    return state.alive(record.get("pid"), "qemu-system-x86_64")

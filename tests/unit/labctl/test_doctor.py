@@ -1,0 +1,143 @@
+"""labctl doctor: judging probe reports and controller facts (pure functions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metalab import doctor
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# Recorded from playbooks/doctor.yml on a bare Debian 12 host (nothing of metalab installed).
+BARE = json.loads((FIXTURES / "doctor_report_debian12_bare.json").read_text())
+NOW = 1_800_000_000
+HEALTHY: dict[str, Any] = {
+    **BARE,
+    "distribution": "Ubuntu",
+    "distribution_major_version": "24",
+    "now": NOW,
+    "homes_exists": True,
+    "homes_mount": {
+        "target": "/srv/metalab/homes",
+        "source": "/dev/nvme1n1",
+        "fstype": "xfs",
+        "options": "rw,usrquota",
+    },
+    "podman_installed": True,
+    "podman_rc": 0,
+    "image_rc": 0,
+    "frontdoor_installed": True,
+    "frontdoor_status": 302,
+    "guard_stamp_mtime": NOW - 40,
+    "guard_cron_present": True,
+    "guard_dir_present": True,
+}
+
+
+def verdicts(findings: list[doctor.Finding]) -> dict[str, str]:
+    return {f.check: f.status for f in findings}
+
+
+def test_bare_host_is_not_applicable_rather_than_failing() -> None:
+    found = verdicts(doctor.evaluate_host("h", BARE))
+    assert found == {
+        "reachable": "ok",
+        "supported OS": "ok",
+        "homes volume": "n/a",
+        "podman": "n/a",
+        "runtime image": "n/a",
+        "front door :443": "n/a",
+        "guard cron": "n/a",
+        "guard ran recently": "n/a",
+    }
+    assert doctor.exit_code(doctor.evaluate_host("h", BARE)) == 0
+
+
+def test_healthy_host() -> None:
+    findings = doctor.evaluate_host("h", HEALTHY)
+    assert set(verdicts(findings).values()) == {"ok"}
+    assert doctor.exit_code(findings) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "check", "status", "words"),
+    [
+        ({"distribution": "Amazon", "distribution_major_version": "2"}, "supported OS", "fail", "Amazon 2"),
+        ({"homes_mount": {}}, "homes volume", "fail", "nothing is mounted"),
+        (
+            {"homes_mount": {"source": "/dev/nvme1n1", "fstype": "xfs", "options": "rw,noatime"}},
+            "homes volume",
+            "fail",
+            "no quota options",
+        ),
+        ({"homes_device": "none"}, "homes volume", "n/a", "lab_homes_device is none"),
+        ({"podman_rc": 125, "podman_error": "Error: cannot open storage"}, "podman", "fail", "cannot open storage"),
+        ({"image_rc": 1}, "runtime image", "fail", "localhost/metalab/runtime:latest is missing"),
+        ({"frontdoor_status": -1, "frontdoor_msg": "Connection refused"}, "front door :443", "fail", "refused"),
+        ({"frontdoor_status": 502}, "front door :443", "fail", "HTTP 502"),
+        ({"guard_stamp_mtime": NOW - 600}, "guard ran recently", "fail", "600s ago"),
+        ({"guard_stamp_mtime": 0}, "guard ran recently", "fail", "never run"),
+        ({"guard_cron_present": False}, "guard cron", "fail", "missing"),
+    ],
+)
+def test_problems(change: dict[str, Any], check: str, status: str, words: str) -> None:
+    findings = doctor.evaluate_host("h", {**HEALTHY, **change})
+    finding = next(f for f in findings if f.check == check)
+    assert (finding.status, words in finding.detail) == (status, True), finding
+    if status == "fail":
+        assert finding.action
+        assert doctor.exit_code(findings) == 2
+
+
+def test_unreachable_and_missing_report() -> None:
+    [f] = doctor.evaluate_host("h", None, "Connection refused", unreachable=True)
+    assert (f.check, f.status, f.detail) == ("reachable", "fail", "Connection refused")
+    [f] = doctor.evaluate_host("h", None, "Gather facts: sudo: a password is required")
+    assert f.status == "fail" and "sudo" in f.detail
+
+
+def test_reports_from_events() -> None:
+    events = [
+        {"event": "runner_on_ok", "event_data": {"host": "a", "task": doctor.REPORT_TASK, "res": {"msg": BARE}}},
+        {"event": "runner_on_ok", "event_data": {"host": "b", "task": "Look for podman", "res": {}}},
+    ]
+    assert doctor.reports_from_events(events) == {"a": BARE}
+
+
+def controller(**kw: Any) -> dict[str, str]:
+    args: dict[str, Any] = {
+        "ansible_version": "2.19.14",
+        "ansible_pinned": "2.19.14",
+        "python_version": (3, 11, 7),
+        "inventory": {"_meta": {"hostvars": {"a": {"ansible_ssh_private_key_file": "~/.ssh/lab"}, "b": {}}}},
+        "inventory_error": "",
+        "users_errors": [],
+        "readable": lambda path: True,
+    }
+    args.update(kw)
+    return {f"{f.check}": f.status for f in doctor.evaluate_controller(**args)}
+
+
+def test_controller_checks() -> None:
+    assert controller() == {
+        "ansible-core": "ok",
+        "python": "ok",
+        "inventory parses": "ok",
+        "lab_users valid": "ok",
+        "ssh key readable": "ok",
+    }
+    assert controller(ansible_version="2.18.1")["ansible-core"] == "warn"
+    assert controller(python_version=(3, 10, 2))["python"] == "fail"
+    assert controller(readable=lambda path: False)["ssh key readable"] == "fail"
+    assert controller(users_errors=["lab_users[0]: bad"])["lab_users valid"] == "fail"
+    broken = controller(inventory=None, inventory_error="Unable to parse hosts.yml")
+    assert broken["inventory parses"] == "fail" and "ssh key readable" not in broken
+
+
+def test_users_errors_from_inventory_data() -> None:
+    data = {"_meta": {"hostvars": {"a": {"lab_users": [{"name": "ok"}, {"name": "x", "quota": "15GG"}]}}}}
+    [error] = doctor.users_errors_from(data)
+    assert "'x'" in error and "quota" in error

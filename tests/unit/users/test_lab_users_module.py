@@ -1,0 +1,282 @@
+"""The lab_users module with a scripted run_command: changed / idempotent / check mode / failure / archive."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+from ansible_collections.metalab.lab.plugins.modules import lab_users
+
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000::/home/admin:/bin/bash\n"
+GROUP = "root:x:0:\nsudo:x:27:admin\nadmin:x:1000:\n"
+
+
+class Exit(Exception):
+    def __init__(self, result, failed=False):
+        super().__init__(result.get("msg", ""))
+        self.result = result
+        self.failed = failed
+
+
+class Host:
+    """A fake host: passwd/group text and quota report, updated by the commands the module runs."""
+
+    def __init__(self, passwd=PASSWD, group=GROUP, quotas=""):
+        self.passwd, self.group, self.quotas = passwd, group, quotas
+        self.calls = []
+        self.fail = {}
+
+    def __call__(self, argv, **kwargs):
+        self.calls.append(list(argv))
+        if argv[0] in self.fail:
+            return self.fail[argv[0]]
+        if argv[:2] == ["getent", "passwd"]:
+            return 0, self.passwd, ""
+        if argv[:2] == ["getent", "group"]:
+            if len(argv) == 3:
+                found = [line for line in self.group.splitlines() if line.startswith(argv[2] + ":")]
+                return (0, found[0], "") if found else (2, "", "")
+            return 0, self.group, ""
+        if argv[0] == "xfs_quota" and argv[3].startswith("report"):
+            return 0, self.quotas, ""
+        if argv[0] == "xfs_quota" and argv[3].startswith("limit"):
+            _limit, _u, soft, hard, uid = argv[3].split()
+            lines = [line for line in self.quotas.splitlines() if not line.startswith("#" + uid + " ")]
+            lines.append("#{} 0 {} {} 00 [--------]".format(uid, soft.split("=")[1], hard.split("=")[1].rstrip("k")))
+            self.quotas = "\n".join(lines) + "\n"
+            return 0, "", ""
+        if argv[0] == "groupadd":
+            self.group += f"{argv[-1]}:x:{argv[2]}:\n"
+            return 0, "", ""
+        if argv[0] == "useradd":
+            opts = dict(zip(argv[1:-1:2], argv[2:-1:2]))
+            login = argv[-1]
+            home = argv[argv.index("--home-dir") + 1]
+            os.makedirs(home, mode=0o755)
+            self.passwd += "{}:x:{}:{}::{}:{}\n".format(login, opts["--uid"], opts["--gid"], home, "/bin/bash")
+            return 0, "", ""
+        if argv[0] == "userdel":
+            self.passwd = "".join(x + "\n" for x in self.passwd.splitlines() if not x.startswith(argv[-1] + ":"))
+            self.group = "".join(x + "\n" for x in self.group.splitlines() if not x.startswith(argv[-1] + ":"))
+            return 0, "", ""
+        if argv[0] in ("groupdel", "usermod", "gpasswd", "setquota"):
+            return 0, "", ""
+        raise AssertionError("unexpected command " + repr(argv))
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    homes, archive, registry = tmp_path / "homes", tmp_path / "archive", tmp_path / "state" / "lab_users.json"
+    homes.mkdir()
+    host = Host()
+    monkeypatch.setattr(basic.AnsibleModule, "run_command", lambda self, argv, **kw: host(argv, **kw))
+    monkeypatch.setattr(os, "chown", lambda *a, **k: None)  # tests do not run as root
+    monkeypatch.setattr(lab_users, "home_state", _home_state_as_owner)
+
+    def exit_json(self, **result):
+        raise Exit(result)
+
+    def fail_json(self, **result):
+        raise Exit(result, failed=True)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+
+    def call(users, check=False, diff=True, **extra):
+        args = {
+            "users": users,
+            "homes_root": str(homes),
+            "archive_dir": str(archive),
+            "registry": str(registry),
+            "quota_backend": "xfs",
+            "_ansible_check_mode": check,
+            "_ansible_diff": diff,
+        }
+        args.update(extra)
+        host.calls.clear()
+        with patch_module_args(args), pytest.raises(Exit) as caught:
+            lab_users.main()
+        return caught.value
+
+    call.host, call.homes, call.archive, call.registry = host, homes, archive, registry
+    return call
+
+
+_real_home_state = lab_users.home_state
+
+
+def _home_state_as_owner(path):
+    # chown is mocked: report the directory as owned by the uid its name was created for
+    state = _real_home_state(path)
+    if state.get("exists"):
+        state["uid"] = state["gid"] = _OWNERS.get(os.path.basename(path), state["uid"])
+    return state
+
+
+_OWNERS = {"alice": 20000, "bob": 20001}
+
+
+def changes(calls):
+    return [c for c in calls if c[0] not in ("getent",) and not (c[0] == "xfs_quota" and "report" in c[3])]
+
+
+def test_add_then_idempotent_then_check_mode(env):
+    users = [{"name": "alice", "quota": "15G", "gpu": True}, {"name": "bob", "quota": "1G"}]
+    first = env(users)
+    assert not first.failed, first.result
+    assert first.result["changed"] is True
+    assert changes(env.host.calls) == [
+        ["groupadd", "--gid", "20000", "lab-alice"],
+        [
+            "useradd",
+            "--uid",
+            "20000",
+            "--gid",
+            "20000",
+            "--no-user-group",
+            "--home-dir",
+            str(env.homes / "alice"),
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "lab-alice",
+        ],
+        ["xfs_quota", "-x", "-c", "limit -u bsoft=0 bhard=15728640k 20000", str(env.homes)],
+        ["groupadd", "--gid", "20001", "lab-bob"],
+        [
+            "useradd",
+            "--uid",
+            "20001",
+            "--gid",
+            "20001",
+            "--no-user-group",
+            "--home-dir",
+            str(env.homes / "bob"),
+            "--create-home",
+            "--shell",
+            "/bin/bash",
+            "lab-bob",
+        ],
+        ["xfs_quota", "-x", "-c", "limit -u bsoft=0 bhard=1048576k 20001", str(env.homes)],
+    ]
+    assert oct((env.homes / "alice").stat().st_mode & 0o777) == "0o700"
+    assert json.loads(env.registry.read_text()) == {"uids": {"lab-alice": 20000, "lab-bob": 20001}}
+    assert "lab-alice: uid=20000" in first.result["diff"]["after"]
+    alice = first.result["users"][0]
+    assert (alice["login"], alice["uid"], alice["gid"], alice["gpu"], alice["quota_status"]) == (
+        "lab-alice",
+        20000,
+        20000,
+        True,
+        "set",
+    )
+
+    second = env(users)
+    assert second.result["changed"] is False
+    assert changes(env.host.calls) == []
+    assert "diff" not in second.result
+
+    checked = env(users, check=True)
+    assert checked.result["changed"] is False
+    assert changes(env.host.calls) == []
+
+
+def test_check_mode_changes_nothing(env):
+    result = env([{"name": "alice"}], check=True)
+    assert result.result["changed"] is True
+    assert changes(env.host.calls) == []
+    assert not (env.homes / "alice").exists()
+    assert not env.registry.exists()
+    assert result.result["users"][0]["action"] == "add"
+
+
+def test_quota_change(env):
+    env([{"name": "alice", "quota": "15G"}])
+    result = env([{"name": "alice", "quota": "20G"}])
+    assert result.result["changed"] is True
+    assert changes(env.host.calls) == [
+        ["xfs_quota", "-x", "-c", "limit -u bsoft=0 bhard=20971520k 20000", str(env.homes)]
+    ]
+
+
+def test_invalid_entry_fails_before_any_command(env):
+    result = env([{"name": "alice"}, {"name": "x"}, {"name": "Bob"}, {"name": "c", "quota": "15GG"}])
+    assert result.failed
+    assert "lab_users[2] (name 'Bob'): invalid name" in result.result["msg"]
+    assert "lab_users[3] (name 'c'): invalid quota" in result.result["msg"]
+    assert env.host.calls == []
+
+
+def test_validate_only_reads_nothing(env):
+    result = env(
+        [{"name": "a", "quota": "600G"}, {"name": "b", "quota": "600G"}], validate_only=True, volume_size=1024**4
+    )
+    assert result.result["changed"] is False
+    assert "overcommitted" in result.result["warnings_list"][0]
+    assert env.host.calls == []
+
+
+def test_command_failure_is_reported(env):
+    env.host.fail["useradd"] = (9, "", "useradd: username 'lab-alice' already exists")
+    result = env([{"name": "alice"}])
+    assert result.failed
+    assert "useradd" in result.result["msg"] and "already exists" in result.result["msg"]
+
+
+def test_remove_archives_home_with_checksum_before_removal(env):
+    env([{"name": "alice", "quota": "1G"}])
+    (env.homes / "alice" / "notebook.ipynb").write_text('{"cells": []}')
+    order = []
+    real_archive = lab_users.LabUsers.archive
+
+    def spy_archive(self, login, home):
+        order.append(("archive", os.path.exists(home)))
+        return real_archive(self, login, home)
+
+    lab_users.LabUsers.archive = spy_archive
+    try:
+        result = env([{"name": "alice", "state": "absent"}])
+    finally:
+        lab_users.LabUsers.archive = real_archive
+    assert not result.failed, result.result
+    assert result.result["changed"] is True
+    assert order == [("archive", True)]
+    assert changes(env.host.calls) == [
+        ["xfs_quota", "-x", "-c", "limit -u bsoft=0 bhard=0k 20000", str(env.homes)],
+        ["userdel", "lab-alice"],
+    ]
+    assert not (env.homes / "alice").exists()
+    (archive,) = result.result["archives"]
+    path = archive["path"]
+    assert path.startswith(str(env.archive / "lab-alice-")) and path.endswith(".tar.gz")
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    assert archive["sha256"] == digest
+    assert Path(path + ".sha256").read_text() == digest + "  " + os.path.basename(path) + "\n"
+    with tarfile.open(path) as tar:
+        assert "alice/notebook.ipynb" in tar.getnames()
+    assert result.result["users"][0]["archive"]["path"] == path
+    # the registry keeps the uid so it is never given to someone else
+    assert json.loads(env.registry.read_text())["uids"]["lab-alice"] == 20000
+    again = env([{"name": "alice", "state": "absent"}])
+    assert again.result["changed"] is False
+    assert os.path.exists(path)
+
+
+def test_no_quota_backend_reports_unavailable(env):
+    result = env([{"name": "alice"}], quota_backend="none")
+    assert result.result["users"][0]["quota_status"] == "unavailable"
+    assert not [c for c in env.host.calls if c[0] in ("xfs_quota", "setquota")]
+
+
+def test_ext4_uses_setquota(env):
+    env.host.fail["repquota"] = (0, "", "")  # nothing set yet
+    result = env([{"name": "alice", "quota": "1G"}], quota_backend="ext4")
+    assert not result.failed
+    assert ["repquota", "-u", "-n", str(env.homes)] in env.host.calls
+    assert ["setquota", "-u", "20000", "0", "1048576", "0", "0", str(env.homes)] in env.host.calls
