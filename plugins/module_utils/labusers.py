@@ -323,6 +323,7 @@ def plan_users(
     homes: Optional[Mapping[str, Mapping[str, Any]]] = None,
     shell: str = "/bin/bash",
     privileged_groups: Iterable[str] = PRIVILEGED_GROUPS,
+    member_group: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Compare desired users with the host and return {"actions": [...], "errors": [...]}.
 
@@ -330,7 +331,8 @@ def plan_users(
     limit, soft limits are kept at 0); ``homes`` is
     login -> {exists, uid, gid, mode} for the expected home directories.  One action per user:
     {name, login, uid, action: add|change|remove|none, steps: [...], quota_kib: {before, after}}.
-    Steps are symbolic (groupadd, useradd, usermod_shell, usermod_comment, drop_group:<g>, home_fix,
+    ``member_group`` is the unprivileged group every lab account belongs to (hardening keys off it).
+    Steps are symbolic (groupadd, useradd, usermod_shell, usermod_comment, drop_group:<g>, add_group:<g>, home_fix,
     quota, archive, quota_clear, userdel, groupdel, home_remove); the module turns them into commands.
     """
     homes = homes or {}
@@ -412,6 +414,8 @@ def plan_users(
             for group_name in sorted(groups):
                 if group_name in privileged and login in groups[group_name]["members"]:
                     steps.append("drop_group:" + group_name)
+            if member_group and login not in groups.get(member_group, {}).get("members", []):
+                steps.append("add_group:" + member_group)
             if (
                 not home_state.get("exists")
                 or home_state.get("uid") != uid

@@ -85,8 +85,12 @@ fstype:
   description: Filesystem of the homes volume.
   returned: always
   type: str
+homes_root:
+  description: Where the homes live.
+  returned: always
+  type: str
 size:
-  description: Size of the homes device in bytes (0 for the root filesystem).
+  description: Size in bytes of the homes device, or of the root filesystem when homes live there.
   returned: always
   type: int
 quota:
@@ -140,6 +144,14 @@ def _kernel_and_tools(module, backend):
     }
 
 
+
+def _filesystem_size(path):
+    """Size in bytes of the filesystem holding path (or its nearest existing parent, in check mode)."""
+    while not os.path.exists(path) and path != "/":
+        path = os.path.dirname(path) or "/"
+    stat = os.statvfs(path)
+    return stat.f_blocks * stat.f_frsize
+
 class Volume:
     def __init__(self, module):
         self.module = module
@@ -188,11 +200,13 @@ class Volume:
             "size": sel["size"],
             "uuid": None,
             "fstype": None,
-            "path": path,
+            # Not "path": AnsibleModule would overwrite size and friends with the directory's stat().
+            "homes_root": path,
             "reason": sel["reason"],
         }
         if sel["action"] == "none":
             self.ensure_dir(path)
+            result["size"] = _filesystem_size(path)
             self.finish(result, None, None)
             return
 

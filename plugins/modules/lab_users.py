@@ -69,6 +69,10 @@ options:
     description: Login shell of lab accounts.
     type: path
     default: /bin/bash
+  member_group:
+    description:
+      - Unprivileged group every lab account belongs to (the base role's hardening keys off it); must exist.
+    type: str
   privileged_groups:
     description: Groups a lab account is removed from when found in them.
     type: list
@@ -267,11 +271,15 @@ class LabUsers:
                 ]
                 if user.get("comment"):
                     argv += ["--comment", user["comment"]]
+                if self.p["member_group"]:
+                    argv += ["--groups", self.p["member_group"]]
                 self.run(argv + [login])
             elif step == "usermod_shell":
                 self.run(["usermod", "--shell", self.p["shell"], login])
             elif step == "usermod_comment":
                 self.run(["usermod", "--comment", user.get("comment") or "", login])
+            elif step.startswith("add_group:"):
+                self.run(["usermod", "--append", "--groups", step.split(":", 1)[1], login])
             elif step.startswith("drop_group:"):
                 self.run(["gpasswd", "--delete", login, step.split(":", 1)[1]])
             elif step == "home_fix":
@@ -341,6 +349,7 @@ class LabUsers:
             homes,
             p["shell"],
             p["privileged_groups"] or PRIVILEGED_GROUPS,
+            member_group=p["member_group"],
         )
         if plan["errors"]:
             self.module.fail_json(msg="cannot reconcile lab users, nothing changed: " + "; ".join(plan["errors"]))
@@ -413,6 +422,7 @@ def main():
             "archive_dir": {"type": "path", "default": "/srv/metalab/archive"},
             "shell": {"type": "path", "default": "/bin/bash"},
             "privileged_groups": {"type": "list", "elements": "str"},
+            "member_group": {"type": "str"},
             "validate_only": {"type": "bool", "default": False},
         },
         supports_check_mode=True,

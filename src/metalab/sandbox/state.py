@@ -28,9 +28,13 @@ def locked() -> Iterator[None]:
     """Serialises allocation of addresses and ports between concurrent `up` calls."""
     root = state_root()
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    # A lock on the directory itself: no lock file is left behind.
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
 
 
 def load(name: str) -> dict[str, Any] | None:

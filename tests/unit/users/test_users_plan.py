@@ -122,3 +122,17 @@ def test_refuses_to_renumber_or_move():
     result = plan(users({"name": "alice", "uid": 20500}), {}, {}, passwd=passwd)
     assert any("never renumbers" in e for e in result["errors"])
     assert any("never moves a home" in e for e in result["errors"])
+
+
+def test_existing_account_joins_the_lab_users_group_once():
+    wanted = users({"name": "alice", "quota": "1G"})
+    accounts, groups = parse_passwd(PASSWD), parse_group(GROUP + "labusers:x:999:\n")
+    alloc = allocate_uids(wanted, accounts, groups, {}, 20000, 100)
+    quotas = {20000: {"hard_kib": 1024 * 1024, "soft_kib": 0}}
+    homes = {"lab-alice": OK_HOME}
+    first = plan_users(wanted, alloc["uids"], accounts, groups, quotas, ROOT, homes, member_group="labusers")
+    assert first["actions"][0]["steps"] == ["add_group:labusers"]
+    groups = parse_group(GROUP + "labusers:x:999:lab-alice\n")
+    again = plan_users(wanted, alloc["uids"], accounts, groups, quotas, ROOT, homes, member_group="labusers")
+    assert again["actions"][0]["steps"] == []
+    assert again["actions"][0]["action"] == "none"

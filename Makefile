@@ -1,0 +1,82 @@
+# metalab: `make demo` brings up a sandbox lab; `make test` runs everything CI runs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+METALAB_CACHE ?= /var/cache/metalab
+export METALAB_CACHE
+export PIP_CACHE_DIR := $(METALAB_CACHE)/pip
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Debian packages the sandboxes and tests need on the machine running them.
+APT_PACKAGES := debootstrap systemd-container qemu-system-x86 qemu-utils tinyproxy iproute2 \
+	openssh-client e2fsprogs rsync curl ca-certificates
+SCENARIOS ?= default metal
+DEMO_NAME ?= demo
+
+.PHONY: help deps venv lint unit sandbox-tests molecule e2e test _test demo demo-down clean-sandboxes clean
+
+help:
+	@echo "make demo       bring up a sandbox lab host, provision it, print how to reach it"
+	@echo "make demo-down  remove the demo sandbox"
+	@echo "make test       everything CI runs: lint, unit, sandbox, molecule ($(SCENARIOS)), end to end"
+	@echo "make lint | unit | sandbox-tests | molecule | e2e   one layer"
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+venv: $(VENV)/.metalab-stamp
+
+$(VENV)/.metalab-stamp: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	yamllint -s .
+	ansible-lint
+	ruff check src plugins tests benchmarks
+	ruff format --check src plugins tests benchmarks
+	mypy
+
+unit: venv
+	pytest -q tests/unit
+
+sandbox-tests: deps venv
+	pytest -q tests/sandbox
+
+molecule: deps venv
+	for scenario in $(SCENARIOS); do molecule test -s $$scenario || exit 1; done
+
+e2e: deps venv
+	pytest -q tests/e2e
+
+# CI entry point: whatever fails, no sandbox is left behind.
+test: deps venv
+	@rc=0; $(MAKE) --no-print-directory _test || rc=$$?; \
+	$(MAKE) --no-print-directory clean-sandboxes; \
+	exit $$rc
+
+_test: lint unit sandbox-tests molecule e2e
+
+demo: deps venv
+	labctl sandbox up $(DEMO_NAME) --json > /dev/null
+	labctl sandbox inventory $(DEMO_NAME) > $(METALAB_CACHE)/demo-inventory.yml
+	ansible-playbook -i $(METALAB_CACHE)/demo-inventory.yml -i inventory/sandbox/demo.yml playbooks/site.yml
+	labctl sandbox list
+
+demo-down: venv
+	labctl sandbox down $(DEMO_NAME)
+
+clean-sandboxes:
+	-$(VENV)/bin/labctl sandbox down --all
+
+clean: clean-sandboxes
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

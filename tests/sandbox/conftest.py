@@ -1,0 +1,50 @@
+"""Real sandboxes: these tests need root, debootstrap, systemd-nspawn and qemu (`make deps`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# The tools of the interpreter running the tests (the project venv), whatever PATH says.
+BIN = Path(sys.executable).parent
+os.environ["PATH"] = f"{BIN}:{os.environ.get('PATH', '')}"
+LABCTL = shutil.which("labctl") or "labctl"
+
+
+def labctl(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LABCTL, "sandbox", *args], capture_output=True, text=True, check=check, timeout=600)
+
+
+def pytest_collection_modifyitems(items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="sandboxes need root")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def state_dir():
+    """A private sandbox state directory, so these tests never see or touch other sandboxes."""
+    directory = Path(tempfile.mkdtemp(prefix="metalab-sandbox-tests-"))
+    previous = os.environ.get("METALAB_SANDBOX_DIR")
+    os.environ["METALAB_SANDBOX_DIR"] = str(directory)
+    yield directory
+    labctl("down", "--all", check=False)
+    if previous is None:
+        del os.environ["METALAB_SANDBOX_DIR"]
+    else:
+        os.environ["METALAB_SANDBOX_DIR"] = previous
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def up(name: str, *extra: str) -> dict:
+    result = labctl("up", name, "--json", *extra, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

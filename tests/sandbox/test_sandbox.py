@@ -1,0 +1,97 @@
+"""`labctl sandbox` against the real machine: two nspawn hosts, a VM with NVMe, and no trace after down."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+
+import pytest
+from conftest import labctl, up
+from traces import snapshot
+
+
+def _wait_settled(state_dir, before, seconds=10):
+    deadline = time.monotonic() + seconds
+    after = snapshot(state_dir)
+    while after != before and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = snapshot(state_dir)
+    return after
+
+
+def _ssh(record: dict, command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+         "-o", "BatchMode=yes", "-i", record["ansible_ssh_private_key_file"], "-p", str(record["ansible_port"]),
+         f"{record['ansible_user']}@{record['ansible_host']}", command],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_two_nspawn_hosts_answer_ansible_and_leave_no_trace(state_dir):
+    before = snapshot(state_dir)
+    a = up("sbx-a")
+    b = up("sbx-b")
+    assert a["kind"] == b["kind"] == "nspawn"
+    assert a["ansible_host"] != b["ansible_host"], "each sandbox has its own address"
+    for key in ("name", "ansible_host", "ansible_port", "ansible_user", "ansible_ssh_private_key_file"):
+        assert key in a
+
+    # up is idempotent per name: same host, nothing new.
+    assert up("sbx-a") == a
+
+    inventory = labctl("inventory").stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".yml") as handle:
+        handle.write(inventory)
+        handle.flush()
+        ping = subprocess.run(
+            ["ansible", "-i", handle.name, "all", "-m", "ansible.builtin.ping"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert ping.stdout.count("SUCCESS") == 2
+
+    # The admin has sudo, as on a freshly installed server; systemd really runs.
+    result = _ssh(a, "sudo -n true && systemctl is-system-running --wait; hostname")
+    assert result.stdout.split() == ["running", "sbx-a"], result.stdout + result.stderr
+
+    during = snapshot(state_dir)
+    assert len(during["processes"]) >= 4, "two nspawn hosts and two proxies"
+    assert during["netns"]
+
+    labctl("down", "sbx-a", "sbx-b")
+    assert _wait_settled(state_dir, before) == before
+    assert "sbx-a" not in labctl("list", "--json").stdout
+
+
+def test_vm_has_the_requested_nvme_namespace_and_a_quota_kernel(state_dir):
+    before = snapshot(state_dir)
+    vm = up("sbx-vm", "--vm", "--nvme-size", "2G")
+    try:
+        assert vm["kind"] == "vm" and vm["ansible_host"] == "127.0.0.1"
+        result = _ssh(vm, "lsblk -d -b -n -o NAME,SIZE,MODEL /dev/nvme0n1; grep -h '^CONFIG_QUOTA=' /boot/config-*")
+        assert result.returncode == 0, result.stderr
+        name, size, *model = result.stdout.splitlines()[0].split()
+        assert name == "nvme0n1"
+        assert int(size) == 2 * 1024**3
+        assert " ".join(model) == "QEMU NVMe Ctrl"
+        assert "CONFIG_QUOTA=y" in result.stdout
+    finally:
+        labctl("down", "sbx-vm")
+    assert _wait_settled(state_dir, before) == before
+
+
+def test_down_after_a_failed_up_leaves_nothing(state_dir, monkeypatch):
+    """A boot that fails half way (here: sshd never answers because the key is wrong) cleans up after itself."""
+    before = snapshot(state_dir)
+    result = labctl("up", "bad/name", check=False)
+    assert result.returncode == 2 and "invalid sandbox name" in result.stderr
+    assert snapshot(state_dir) == before
+
+
+@pytest.mark.parametrize("args", [["up", "x", "--kind", "nspawn", "--nvme-size", "2G"]])
+def test_bad_input_is_one_line(state_dir, args):
+    result = labctl(*args, check=False)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
