@@ -132,6 +132,10 @@ def _read(path, default=""):
 
 
 def _kernel_and_tools(module, backend):
+    # Filesystems built as modules (xfs on Debian's kernel) appear in /proc/filesystems only once loaded.
+    modprobe = module.get_bin_path("modprobe")
+    if backend and modprobe and backend not in _read(PROC_FILESYSTEMS):
+        module.run_command([modprobe, "-q", backend])
     xfs_quota_kernel = None
     if os.path.isdir(XFS_PROC_DIR):  # only once the xfs module is loaded
         xfs_quota_kernel = os.path.exists(os.path.join(XFS_PROC_DIR, "xqm"))
@@ -144,13 +148,13 @@ def _kernel_and_tools(module, backend):
     }
 
 
-
 def _filesystem_size(path):
     """Size in bytes of the filesystem holding path (or its nearest existing parent, in check mode)."""
     while not os.path.exists(path) and path != "/":
         path = os.path.dirname(path) or "/"
     stat = os.statvfs(path)
     return stat.f_blocks * stat.f_frsize
+
 
 class Volume:
     def __init__(self, module):

@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "doctor": "metalab.doctor",
     "provision": "metalab.provision",
     "users": "metalab.users",
+    "session": "metalab.session",
+    "usage": "metalab.usage",
 }
 
 

@@ -286,7 +286,15 @@ class Lab:
             token = files.read_or_create_token(rt.token_dir, user.name)
             sockdir = files.ensure_socket_dir(rt.socket_root, user.name, user.uid, files.group_id(rt.frontdoor_group))
             env = dict(rt.env)
-            env.update({rt.token_env: token, "HOME": "/home/studio-lab-user", "METALAB_SESSION": str(row.id)})
+            # METALAB_USER: the runtime serves JupyterLab under the front door's /user/<name>/ (its base_url).
+            env.update(
+                {
+                    rt.token_env: token,
+                    "HOME": "/home/studio-lab-user",
+                    "METALAB_SESSION": str(row.id),
+                    "METALAB_USER": user.name,
+                }
+            )
             env_file = files.write_env_file(rt.env_dir, user.name, env)
             spec = ContainerSpec(
                 name=name,

@@ -24,7 +24,7 @@ SUITE = "bookworm"
 ADMIN_USER = "labadmin"
 PACKAGES = (
     "systemd,systemd-sysv,dbus,libpam-systemd,python3,python3-apt,openssh-server,sudo,cron,ca-certificates,"
-    "iproute2,iputils-ping,procps,curl,less,kmod,udev,xfsprogs,quota,e2fsprogs,util-linux,gnupg,apt-transport-https"
+    "iproute2,iputils-ping,procps,curl,less,kmod,udev,xfsprogs,quota,e2fsprogs,util-linux,gnupg,acl"
 )
 VM_PACKAGES = ("linux-image-amd64", "initramfs-tools", "systemd-timesyncd")
 # Bump when the customisation below changes: it is part of the cache key.
@@ -98,6 +98,18 @@ def _chroot_mounts(tree: Path) -> Iterator[None]:
             subprocess.run(["umount", "-l", str(point)], check=False)
 
 
+def _prune(base: Path, keep: str) -> None:
+    """Remove builds of older recipes, except those a running sandbox still uses."""
+    in_use = Path("/proc/mounts").read_text() + "".join(
+        Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        for pid in os.listdir("/proc")
+        if pid.isdigit() and os.path.exists(f"/proc/{pid}/cmdline")
+    )
+    for stale in base.iterdir():
+        if stale.is_dir() and stale.name != keep and not stale.name.endswith(".tmp") and str(stale) not in in_use:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 _CUSTOMISE = f"""
 useradd --create-home --shell /bin/bash --comment 'metalab sandbox admin' {ADMIN_USER}
 echo '{ADMIN_USER} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/90-{ADMIN_USER}
@@ -129,9 +141,7 @@ def rootfs(log: Path | None = None) -> Path:
         _chroot(work, _CUSTOMISE, log)
         (work / ".metalab-complete").write_text(key + "\n")
         work.rename(tree)
-        for stale in base.iterdir():
-            if stale.is_dir() and stale.name not in (key,) and not stale.name.endswith(".tmp"):
-                shutil.rmtree(stale, ignore_errors=True)
+        _prune(base, keep=key)
         return tree
 
 
@@ -139,7 +149,6 @@ _VM_CUSTOMISE = """
 apt-get update
 apt-get install -y --no-install-recommends {packages}
 apt-get clean
-rm -rf /var/lib/apt/lists/*
 mkdir -p /etc/systemd/network
 printf '[Match]\\nName=en*\\n\\n[Network]\\nDHCP=ipv4\\n' > /etc/systemd/network/10-metalab-dhcp.network
 systemctl enable systemd-networkd
@@ -203,7 +212,5 @@ def vm_image(log: Path | None = None) -> tuple[Path, Path, Path]:
         shutil.rmtree(staging)
         (work / ".metalab-complete").write_text(key + "\n")
         work.rename(image_dir)
-        for stale in base.iterdir():
-            if stale.is_dir() and stale.name != key and not stale.name.endswith(".tmp"):
-                shutil.rmtree(stale, ignore_errors=True)
+        _prune(base, keep=key)
         return disk, kernel, initrd

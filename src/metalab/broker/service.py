@@ -1,0 +1,268 @@
+"""The broker's API: one JSON request in, one JSON response out (transport: metalab.broker.server).
+
+Requests are ``{"op": NAME, ...}``; responses ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": {"code": CODE, "message": TEXT}}``. Every operation on a runtime takes a ``ticket`` and acts
+for the ticket's user only; a ``user`` field naming someone else is refused (``forbidden``). Admin operations check
+that the ticket's user is in the broker's own ``admins`` list: the portal cannot make anyone an admin.
+
+Error codes: ``bad-request``, ``unauthorized`` (no, bad, expired or revoked ticket), ``forbidden``, ``invalid``
+(login or enrollment failed), ``locked``, ``bad-password``, ``refused`` (the guard refused: limits, budgets, no
+free GPU; nothing changed), ``failure`` (engine, ledger or config trouble).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, Callable, Dict, Optional
+
+from metalab.broker.auth import AuthError, AuthStore, StoreError
+from metalab.broker.config import BrokerConfig
+from metalab.broker.tickets import Ticket, TicketError, TicketSigner, load_or_create_key
+from metalab.guard.config import USER_NAME, ConfigError, load_config
+from metalab.guard.engine import EngineError
+from metalab.guard.files import FileError, read_token
+from metalab.guard.ledger import LedgerError
+from metalab.guard.policy import KINDS, WINDOW, Interval, budget_left, parse_duration, start_decision
+from metalab.guard.sessions import Failure, Lab, Refused
+
+log = logging.getLogger("metalab.broker")
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _str_field(request: Dict[str, Any], key: str, limit: int = 1024) -> str:
+    value = request.get(key)
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ApiError("bad-request", f"{key}: expected a non-empty string")
+    return value
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.auth = AuthStore(config)
+        self.signer = TicketSigner(load_or_create_key(config.key), config.ticket_ttl)
+        self.ops: Dict[str, Callable[[Dict[str, Any]], Any]] = {
+            "login": self.op_login,
+            "logout": self.op_logout,
+            "whoami": self.op_whoami,
+            "status": self.op_status,
+            "start": self.op_start,
+            "stop": self.op_stop,
+            "token": self.op_token,
+            "enroll.check": self.op_enroll_check,
+            "enroll.finish": self.op_enroll_finish,
+            "admin.list": self.op_admin_list,
+            "admin.stop": self.op_admin_stop,
+            "admin.extend": self.op_admin_extend,
+        }
+
+    # -- entry point ------------------------------------------------------------------------------------------
+
+    def handle(self, request: Any) -> Dict[str, Any]:
+        op = request.get("op") if isinstance(request, dict) else None
+        try:
+            if not isinstance(op, str) or op not in self.ops:
+                raise ApiError("bad-request", f"unknown operation {op!r}")
+            return {"ok": True, "result": self.ops[op](request)}
+        except ApiError as exc:
+            return self._error(op, exc.code, str(exc))
+        except AuthError as exc:
+            return self._error(op, exc.code, str(exc))
+        except Refused as exc:
+            return self._error(op, "refused", str(exc))
+        except (Failure, EngineError, LedgerError, ConfigError, FileError, StoreError, OSError) as exc:
+            log.error("%s: %s", op, exc)
+            return self._error(op, "failure", str(exc))
+
+    @staticmethod
+    def _error(op: Any, code: str, message: str) -> Dict[str, Any]:
+        if code in ("unauthorized", "forbidden", "locked"):
+            log.warning("%s refused (%s): %s", op, code, message)
+        return {"ok": False, "error": {"code": code, "message": message}}
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _identity(self, request: Dict[str, Any]) -> Ticket:
+        try:
+            ticket = self.signer.verify(request.get("ticket"))
+        except TicketError as exc:
+            raise ApiError("unauthorized", f"not logged in ({exc}); log in again") from None
+        if self.auth.generation(ticket.user) != ticket.generation or self.auth.is_revoked(ticket.ticket_id):
+            raise ApiError("unauthorized", "this session has ended (logged out or password changed); log in again")
+        return ticket
+
+    def _ticket(self, request: Dict[str, Any]) -> Ticket:
+        """The caller's identity, from the ticket only. A ``user`` field naming anyone else is refused."""
+        ticket = self._identity(request)
+        claimed = request.get("user")
+        if claimed is not None and claimed != ticket.user:
+            raise ApiError("forbidden", f"a session of {ticket.user} cannot act for {claimed!r}")
+        return ticket
+
+    def _admin(self, request: Dict[str, Any]) -> Ticket:
+        ticket = self._identity(request)
+        if ticket.user not in self.config.admins:
+            raise ApiError("forbidden", f"{ticket.user} is not a lab admin")
+        return ticket
+
+    def _lab(self, actor: str) -> Lab:
+        return Lab(load_config(self.config.guard_config), actor=actor)
+
+    def _login_result(self, user: str, generation: int) -> Dict[str, Any]:
+        ticket = self.signer.mint(user, generation)
+        info = self.signer.verify(ticket)
+        return {"ticket": ticket, "user": user, "admin": user in self.config.admins, "expires": int(info.expires)}
+
+    def _quota(self, user: str) -> Optional[Dict[str, int]]:
+        """Home quota used/total from the quota file the storage role keeps (``{"user": {"used_bytes", ...}}``)."""
+        if not self.config.quota_file:
+            return None
+        try:
+            with open(self.config.quota_file, encoding="utf-8") as fh:
+                entry = json.load(fh).get(user)
+            return {"used_bytes": int(entry["used_bytes"]), "limit_bytes": int(entry["limit_bytes"])}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    # -- authentication ---------------------------------------------------------------------------------------
+
+    def op_login(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        user = _str_field(request, "user", 64)
+        password = _str_field(request, "password", 4096)
+        if not USER_NAME.match(user):
+            user = "invalid-name"  # still costs a full hash, like any unknown name
+        account = self.auth.login(user, password)
+        log.info("login of %s", account.user)
+        return self._login_result(account.user, account.generation)
+
+    def op_logout(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._ticket(request)
+        self.auth.revoke(ticket.ticket_id, ticket.expires)
+        return {"user": ticket.user, "logged_out": True}
+
+    def op_whoami(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._ticket(request)
+        return {"user": ticket.user, "admin": ticket.user in self.config.admins, "expires": int(ticket.expires)}
+
+    def op_enroll_check(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        return self.auth.check_enrollment(_str_field(request, "token", 256))
+
+    def op_enroll_finish(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        account = self.auth.finish_enrollment(_str_field(request, "token", 256), _str_field(request, "password", 4096))
+        log.info("%s set a password through an enrollment link", account.user)
+        return self._login_result(account.user, account.generation)
+
+    # -- the caller's own runtime -----------------------------------------------------------------------------
+
+    def op_status(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._ticket(request)
+        name = ticket.user
+        lab = self._lab(f"portal:{name}")
+        try:
+            now = time.time()
+            user = lab.config.users.get(name)
+            runtime = next((s for s in lab.status(now) if s["user"] == name), None)
+            kinds: Dict[str, Any] = {}
+            if user is not None:
+                rows = lab.ledger.sessions_since(now - WINDOW, users=[name])
+                for kind in KINDS:
+                    if kind == "gpu" and not (user.gpu and lab.config.runtime.gpus):
+                        continue
+                    past = [Interval(r.started, r.ended) for r in rows if r.kind == kind]
+                    left = budget_left(user.policy, kind, past, now)
+                    decision = start_decision(user.policy, kind, past, now)
+                    kinds[kind] = {
+                        "limit_seconds": user.policy.limit(kind),
+                        "budget_seconds": user.policy.budget(kind),
+                        "budget_left_seconds": None if left is None else int(left),
+                        "can_start": decision.allowed,
+                        "message": decision.message,
+                    }
+            gpus_total = len(lab.config.runtime.gpus)
+            return {
+                "user": name,
+                "admin": name in self.config.admins,
+                "host": lab.config.host,
+                "lab_user": user is not None,
+                "kinds": kinds,
+                "gpus_total": gpus_total,
+                "gpus_free": len(lab.free_gpus()) if gpus_total else 0,
+                "runtime": runtime,
+                "quota": self._quota(name),
+                "now": int(now),
+            }
+        finally:
+            lab.close()
+
+    def op_start(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._ticket(request)
+        kind = request.get("kind", "cpu")
+        if kind not in KINDS:
+            raise ApiError("bad-request", f"kind: expected cpu or gpu, got {kind!r}")
+        lab = self._lab(f"portal:{ticket.user}")
+        try:
+            return lab.start(ticket.user, kind)
+        finally:
+            lab.close()
+
+    def op_stop(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._ticket(request)
+        lab = self._lab(f"portal:{ticket.user}")
+        try:
+            return lab.stop(ticket.user, "user")
+        finally:
+            lab.close()
+
+    def op_token(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """The caller's JupyterLab token (for the front door's auth_request); null before the first start."""
+        ticket = self._ticket(request)
+        guard = load_config(self.config.guard_config)
+        if ticket.user not in guard.users:
+            return {"user": ticket.user, "token": None}
+        return {"user": ticket.user, "token": read_token(guard.runtime.token_dir, ticket.user)}
+
+    # -- admin ------------------------------------------------------------------------------------------------
+
+    def op_admin_list(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._admin(request)
+        lab = self._lab(f"portal-admin:{ticket.user}")
+        try:
+            gpus = lab.config.runtime.gpus
+            return {
+                "host": lab.config.host,
+                "runtimes": lab.status(),
+                "users": sorted(lab.config.users),
+                "gpus_total": len(gpus),
+                "gpus_free": len(lab.free_gpus()) if gpus else 0,
+            }
+        finally:
+            lab.close()
+
+    def op_admin_stop(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._admin(request)
+        target = _str_field(request, "target", 64)
+        lab = self._lab(f"portal-admin:{ticket.user}")
+        try:
+            return lab.stop(target, "admin")
+        finally:
+            lab.close()
+
+    def op_admin_extend(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._admin(request)
+        target = _str_field(request, "target", 64)
+        try:
+            seconds = parse_duration(request.get("duration"))
+        except ValueError as exc:
+            raise ApiError("bad-request", str(exc)) from None
+        lab = self._lab(f"portal-admin:{ticket.user}")
+        try:
+            return lab.extend(target, seconds)
+        finally:
+            lab.close()

@@ -1,0 +1,37 @@
+"""The portal's forms (Flask-WTF: every one carries a CSRF token)."""
+
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, PasswordField, SelectChoice, SelectField, StringField
+from wtforms.validators import DataRequired, EqualTo, Length, Regexp
+
+USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+
+
+class LoginForm(FlaskForm):
+    username = StringField("User name", validators=[DataRequired(), Length(max=64)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    next = HiddenField()
+
+
+class StartForm(FlaskForm):
+    kind = SelectField("Runtime", choices=[SelectChoice("cpu", "CPU"), SelectChoice("gpu", "GPU")], default="cpu")
+
+
+class ActionForm(FlaskForm):
+    """A form that is only a button (stop, log out): the CSRF token is the whole point."""
+
+
+class AdminStopForm(FlaskForm):
+    target = StringField(validators=[DataRequired(), Regexp(USER_PATTERN)])
+
+
+class AdminExtendForm(FlaskForm):
+    target = StringField(validators=[DataRequired(), Regexp(USER_PATTERN)])
+    duration = StringField("More time", default="1h", validators=[DataRequired(), Length(max=16)])
+
+
+class EnrollForm(FlaskForm):
+    password = PasswordField("New password", validators=[DataRequired(), Length(max=1024)])
+    confirm = PasswordField("Again", validators=[DataRequired(), EqualTo("password", message="the passwords differ")])

@@ -1,0 +1,293 @@
+"""`labctl session` and `labctl usage`: runtimes on the lab hosts, through the `metalab.lab.lab_session` module.
+
+Every command is one ansible-runner ad-hoc run of ``metalab.lab.lab_session`` (which calls ``metalab-guard`` on the
+host): one fan-out over all hosts for ``list`` and ``usage``, one host for the others. ansible-runner's private data
+(events included) lives in a fresh 0700 temporary directory that is removed afterwards, so a token shown by
+``labctl session token`` is not left on the controller's disk; on the host it never appears on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from metalab import collection, config, output
+
+MODULE = "metalab.lab.lab_session"
+EXIT_FAILED, EXIT_REFUSED = 1, 2
+
+
+@dataclass
+class HostResult:
+    host: str
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    unreachable: bool = False
+
+    @property
+    def message(self) -> str:
+        msg = self.result.get("msg") or ""
+        return " ".join(str(msg).split()) or ("unreachable" if self.unreachable else "failed")
+
+    @property
+    def refused(self) -> bool:
+        return bool(self.result.get("refused"))
+
+
+def collect(events: list[dict[str, Any]]) -> dict[str, HostResult]:
+    """Per-host results of an ad-hoc run, from ansible-runner events (pure)."""
+    out: dict[str, HostResult] = {}
+    for event in events:
+        kind = event.get("event", "")
+        data: Mapping[str, Any] = event.get("event_data") or {}
+        host = data.get("host")
+        if not host or kind not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
+            continue
+        res = dict(data.get("res") or {})
+        out[host] = HostResult(host, kind == "runner_on_ok", res, kind == "runner_on_unreachable")
+    return out
+
+
+def run_module(args: dict[str, Any], *, inventory: str | None, hosts: str) -> dict[str, HostResult]:
+    """Run lab_session on ``hosts`` (a pattern) with become; returns per-host results."""
+    import ansible_runner  # slow import: only when something runs
+
+    root = collection.root()
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    events: list[dict[str, Any]] = []
+
+    def keep(event: dict[str, Any]) -> bool:
+        events.append(event)
+        return True
+
+    private = tempfile.mkdtemp(prefix="labctl-session.")
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=private,
+            host_pattern=hosts,
+            module=MODULE,
+            module_args=json.dumps(args),
+            inventory=str(Path(inventory).expanduser().resolve()) if inventory else None,
+            cmdline="--become",
+            envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg")},
+            event_handler=keep,
+            quiet=True,
+        )
+        results = collect(events)
+        if not results:
+            tail = "".join(str(e.get("stdout", "")) + "\n" for e in events if e.get("stdout"))[-600:].strip()
+            raise click.ClickException(
+                f"no host matched {hosts!r} or the run failed ({runner.status}): {tail or 'no output'}"
+            )
+        return results
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _inventory(flag: str | None) -> str:
+    return str(config.require_inventory(flag))
+
+
+def _fail(results: dict[str, HostResult]) -> None:
+    bad = [r for r in results.values() if not r.ok]
+    for r in bad:
+        click.echo(f"labctl: {r.host}: {r.message}", err=True)
+    if bad:
+        raise SystemExit(EXIT_REFUSED if all(r.refused for r in bad) else EXIT_FAILED)
+
+
+def _single(results: dict[str, HostResult]) -> HostResult:
+    _fail(results)
+    if len(results) != 1:
+        raise click.UsageError(f"{len(results)} hosts matched; choose one with --host")
+    return next(iter(results.values()))
+
+
+def _find_host(user: str, inventory: str, host: str | None) -> str:
+    """The host running USER's runtime (for stop/token), else --host, else 'all' must be one host."""
+    if host:
+        return host
+    results = run_module({"state": "query"}, inventory=inventory, hosts="all")
+    running = [
+        r.host for r in results.values() if r.ok and any(s.get("user") == user for s in r.result.get("sessions", []))
+    ]
+    if running:
+        return running[0]
+    reachable = [r.host for r in results.values() if r.ok]
+    if len(reachable) == 1:
+        return reachable[0]
+    raise click.UsageError(f"{user} has no runtime on any host; choose a host with --host")
+
+
+INVENTORY_OPTION = click.option(
+    "-i", "--inventory", metavar="INVENTORY", help="Inventory file or directory [env: METALAB_INVENTORY]."
+)
+HOST_OPTION = click.option("--host", metavar="HOST", help="Lab host (default: the only one, or where USER runs).")
+
+SESSION_COLUMNS = [
+    output.Column("user"),
+    output.Column("host"),
+    output.Column("kind"),
+    output.Column("gpu"),
+    output.Column("state"),
+    output.Column("started"),
+    output.Column("time_left", "time left", justify="right"),
+    output.Column("budget_left", "budget left", justify="right"),
+]
+
+
+def _duration(seconds: Any) -> str | None:
+    if seconds is None:
+        return None
+    s = max(0, int(seconds))
+    hours, rest = divmod(s, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def session_rows(results: dict[str, HostResult]) -> list[dict[str, Any]]:
+    rows = []
+    for r in results.values():
+        for s in r.result.get("sessions", []) if r.ok else []:
+            rows.append(
+                {
+                    "user": s.get("user"),
+                    "host": r.host,
+                    "kind": s.get("kind"),
+                    "gpu": s.get("gpu"),
+                    "state": s.get("state"),
+                    "started": s.get("started"),
+                    "deadline": s.get("deadline"),
+                    "time_left": _duration(s.get("time_left_seconds")),
+                    "time_left_seconds": s.get("time_left_seconds"),
+                    "budget_left": _duration(s.get("budget_left_seconds")),
+                    "budget_left_seconds": s.get("budget_left_seconds"),
+                    "session": s.get("session"),
+                }
+            )
+    return sorted(rows, key=lambda row: (str(row["host"]), str(row["user"])))
+
+
+@click.group("session")
+def cli() -> None:
+    """Start, stop and list runtimes (one per lab user)."""
+
+
+@cli.command("start")
+@click.argument("user")
+@click.option("--gpu", is_flag=True, help="A GPU runtime (the user needs gpu: true, the host a free GPU).")
+@HOST_OPTION
+@INVENTORY_OPTION
+def start_cmd(user: str, gpu: bool, host: str | None, inventory: str | None) -> None:
+    """Start USER's runtime; prints where it is and when it stops."""
+    inv = _inventory(inventory)
+    target = _single(run_module({"user": user, "gpu": gpu, "state": "started"}, inventory=inv, hosts=host or "all"))
+    if not target.result.get("changed"):
+        s = target.result.get("session") or {}
+        click.echo(f"labctl: {user} already has a {s.get('kind')} runtime on {target.host}; stop it first", err=True)
+        raise SystemExit(EXIT_REFUSED)
+    s = target.result["session"]
+    click.echo(
+        f"started a {s.get('kind')} runtime for {user} on {target.host}: https://{target.host}/user/{user}/ "
+        f"(stops in {_duration(s.get('time_left_seconds'))}, at {s.get('deadline')}); "
+        f"token: labctl session token {user}"
+    )
+
+
+@cli.command("stop")
+@click.argument("user")
+@HOST_OPTION
+@INVENTORY_OPTION
+def stop_cmd(user: str, host: str | None, inventory: str | None) -> None:
+    """Stop USER's runtime gracefully (files in the home are never touched)."""
+    inv = _inventory(inventory)
+    target = _single(run_module({"user": user, "state": "stopped"}, inventory=inv, hosts=_find_host(user, inv, host)))
+    if target.result.get("changed"):
+        click.echo(f"stopped the runtime of {user} on {target.host}")
+    else:
+        click.echo(f"{user} has no runtime running on {target.host}")
+
+
+@cli.command("token")
+@click.argument("user")
+@HOST_OPTION
+@INVENTORY_OPTION
+def token_cmd(user: str, host: str | None, inventory: str | None) -> None:
+    """Print USER's JupyterLab token (kept root-only on the host)."""
+    inv = _inventory(inventory)
+    target = _single(run_module({"user": user, "state": "token"}, inventory=inv, hosts=_find_host(user, inv, host)))
+    click.echo(target.result.get("token", ""))
+
+
+@cli.command("list")
+@HOST_OPTION
+@INVENTORY_OPTION
+@output.output_options()
+def list_cmd(host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002 - the option's name
+    """Runtimes on every lab host: user, host, kind, started, time and budget left."""
+    from metalab import output as out
+
+    fmt = out.resolve_format(output)
+    results = run_module({"state": "query"}, inventory=_inventory(inventory), hosts=host or "all")
+    rows = session_rows(results)
+    out.emit(rows, SESSION_COLUMNS, fmt, title="runtimes")
+    _fail(results)
+
+
+USAGE_COLUMNS = [
+    output.Column("user"),
+    output.Column("kind"),
+    output.Column("hours", justify="right"),
+    output.Column("seconds", justify="right"),
+    output.Column("sessions", justify="right"),
+    output.Column("hosts"),
+]
+
+
+def usage_rows(results: dict[str, HostResult]) -> list[dict[str, Any]]:
+    """Sum the hosts' ledgers per user and kind (pure)."""
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in results.values():
+        if not r.ok:
+            continue
+        for u in (r.result.get("usage") or {}).get("usage", []):
+            key = (str(u.get("user")), str(u.get("kind")))
+            acc = totals.setdefault(key, {"user": key[0], "kind": key[1], "seconds": 0, "sessions": 0, "hosts": []})
+            acc["seconds"] += int(u.get("seconds", 0))
+            acc["sessions"] += int(u.get("sessions", 0))
+            acc["hosts"].append(r.host)
+    rows = []
+    for key in sorted(totals):
+        acc = totals[key]
+        acc["hours"] = f"{acc['seconds'] / 3600:.2f}"
+        acc["hosts"] = ",".join(sorted(set(acc["hosts"])))
+        rows.append(acc)
+    return rows
+
+
+@click.command("usage")
+@click.option("--since", metavar="WHEN", help="ISO date/time or a duration back from now (7d); default all time.")
+@HOST_OPTION
+@INVENTORY_OPTION
+@output.output_options()
+def usage(since: str | None, host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002
+    """Hours of runtime per user and kind, from the ledgers of all hosts (one fan-out)."""
+    from metalab import output as out
+
+    fmt = out.resolve_format(output)
+    args: dict[str, Any] = {"state": "usage"}
+    if since:
+        args["since"] = since
+    results = run_module(args, inventory=_inventory(inventory), hosts=host or "all")
+    out.emit(usage_rows(results), USAGE_COLUMNS, fmt, title=f"usage since {since}" if since else "usage")
+    _fail(results)

@@ -1,0 +1,95 @@
+"""The homes volume and quotas on a VM with two NVMe disks, after a reboot (side_effect.yml)."""
+
+import json
+
+import pytest
+
+HOMES = "/srv/metalab/homes"
+QUOTAS_MB = {"alice": 20, "bob": 30, "carol": 40}
+
+
+def _namespace(host, name):
+    data = json.loads(host.check_output(f"lsblk --json -b -o NAME,SERIAL,FSTYPE,LABEL,MOUNTPOINT /dev/{name}"))
+    return data["blockdevices"][0]
+
+
+def test_homes_on_the_empty_namespace_with_quota_options(host):
+    mount = host.mount_point(HOMES)
+    assert mount.exists, "the homes volume is mounted again after the reboot"
+    assert mount.filesystem == "xfs"
+    assert mount.device == "/dev/nvme0n1"
+    assert {"usrquota", "prjquota"} <= set(mount.options) or "uquota" in mount.options
+    assert _namespace(host, "nvme0n1")["label"] == "metalab-home"
+    fstab = host.file("/etc/fstab").content_string
+    assert f" {HOMES} xfs " in fstab and "UUID=" in fstab
+
+
+def test_the_preformatted_namespace_and_its_file_are_untouched(host):
+    precious = _namespace(host, "nvme1n1")
+    assert precious["fstype"] == "ext4" and precious["label"] == "precious"
+    expected = host.check_output("cat /root/.precious-prepared")
+    host.check_output("mkdir -p /mnt/check && mount -o ro /dev/nvme1n1 /mnt/check")
+    try:
+        assert host.check_output("sha256sum /mnt/check/thesis.pdf").split()[0] == expected
+    finally:
+        host.run("umount /mnt/check")
+
+
+@pytest.mark.parametrize("name", sorted(QUOTAS_MB))
+def test_writing_past_the_quota_fails_and_earlier_files_survive(host, name):
+    before = host.check_output(f"cat /root/before-reboot.{name}")
+    result = host.run(
+        f"runuser -u lab-{name} -- dd if=/dev/zero of={HOMES}/{name}/fill bs=1M count={QUOTAS_MB[name] + 20}"
+    )
+    try:
+        assert result.rc != 0
+        assert "Disk quota exceeded" in result.stderr
+        written = int(host.check_output(f"stat -c %s {HOMES}/{name}/fill"))
+        # The hard limit counts the 5 MB written before the reboot too.
+        assert written <= (QUOTAS_MB[name] - 5) * 1024 * 1024
+        assert written >= (QUOTAS_MB[name] - 7) * 1024 * 1024, "the quota is this user's, not a smaller one"
+        assert host.check_output(f"sha256sum {HOMES}/{name}/before-reboot.bin").split()[0] == before
+    finally:
+        host.run(f"rm -f {HOMES}/{name}/fill")
+
+
+def test_root_is_not_limited_by_lab_quotas(host):
+    result = host.run(f"dd if=/dev/zero of={HOMES}/root-fill bs=1M count=100 && rm -f {HOMES}/root-fill")
+    assert result.rc == 0, result.stderr
+
+
+def test_naming_the_preformatted_disk_without_allow_format_is_refused(host):
+    result = host.ansible(
+        "metalab.lab.homes_volume",
+        "device=/dev/nvme1n1 path=/srv/other fstype=xfs label=metalab-home allow_format=false",
+        become=True,
+        check=False,
+    )
+    # testinfra hands back the module's result without Ansible's "failed" flag: the message is the verdict.
+    assert "refusing to format" in result["msg"], result
+    assert "/dev/nvme1n1" in result["msg"]
+    assert "lab_homes_allow_format" in result["msg"]
+    assert _namespace(host, "nvme1n1")["fstype"] == "ext4"
+    test_the_preformatted_namespace_and_its_file_are_untouched(host)
+
+
+def test_removing_a_user_archives_the_home_first(host):
+    host.check_output(f"runuser -u lab-dave -- sh -c 'mkdir -p {HOMES}/dave/work && echo notebook > {HOMES}/dave/work/a.ipynb'")
+    listing_before = host.check_output(f"cd {HOMES}/dave && find . -type f -exec sha256sum {{}} + | sort")
+    result = host.ansible(
+        "metalab.lab.lab_users",
+        json.dumps({"users": [{"name": "dave", "state": "absent"}], "homes_root": HOMES,
+                    "quota_backend": "xfs", "quota_mount": HOMES}),
+        become=True,
+        check=False,
+    )  # fmt: skip
+    assert result.get("changed"), result
+    archive = result["archives"][0]["path"]
+    assert not host.user("lab-dave").exists
+    assert not host.file(f"{HOMES}/dave").exists
+    assert host.file(archive).exists and host.file(archive + ".sha256").exists
+    assert host.run(f"cd {archive.rsplit('/', 1)[0]} && sha256sum -c {archive}.sha256").rc == 0
+    host.check_output(f"rm -rf /tmp/unpacked && mkdir /tmp/unpacked && tar -xzf {archive} -C /tmp/unpacked")
+    root = host.check_output("ls /tmp/unpacked")
+    listing_after = host.check_output(f"cd /tmp/unpacked/{root} && find . -type f -exec sha256sum {{}} + | sort")
+    assert listing_after == listing_before
