@@ -176,9 +176,9 @@ def down(name: str) -> None:
             os.kill(init, 9)
     state.terminate(record.get("proxy_pid"), "tinyproxy", timeout=5)
     merged = directory / "root"
-    if merged.is_dir() and os.path.ismount(merged):
-        if subprocess.run(["umount", "-R", str(merged)], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-R", "-l", str(merged)], capture_output=True, check=False)
+    unmounted = subprocess.run(["umount", "-R", str(merged)], capture_output=True, check=False).returncode == 0
+    if not unmounted and os.path.ismount(merged):
+        subprocess.run(["umount", "-R", "-l", str(merged)], capture_output=True, check=False)
     netns = _netns(name)
     if Path(f"/run/netns/{netns}").exists():
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)

@@ -88,9 +88,9 @@ def _chroot(tree: Path, script: str, log: Path) -> None:
 def _chroot_mounts(tree: Path) -> Iterator[None]:
     mounted: list[Path] = []
     try:
-        for fs, target, opts in (("proc", "proc", []), ("sysfs", "sys", []), ("devtmpfs", "dev", [])):
+        for fs, target in (("proc", "proc"), ("sysfs", "sys"), ("devtmpfs", "dev")):
             point = tree / target
-            subprocess.run(["mount", "-t", fs, *opts, fs, str(point)], check=True)
+            subprocess.run(["mount", "-t", fs, fs, str(point)], check=True)
             mounted.append(point)
         yield
     finally:

@@ -23,8 +23,10 @@ def test_extra_ca_certificates_are_trusted(host):
 
 def test_package_registry_reachable_over_https_through_the_proxy(host):
     # pip fails with "no matching distribution" when the proxy's CA is not trusted.
-    result = host.run(". /etc/metalab/proxy.env; export https_proxy; curl -sS -o /dev/null -w '%{http_code}' "
-                      "https://pypi.org/simple/six/")
+    result = host.run(
+        ". /etc/metalab/proxy.env; export https_proxy; curl -sS -o /dev/null -w '%{http_code}' "
+        "https://pypi.org/simple/six/"
+    )
     assert result.stdout == "200", result.stderr
 
 

@@ -74,7 +74,9 @@ def test_naming_the_preformatted_disk_without_allow_format_is_refused(host):
 
 
 def test_removing_a_user_archives_the_home_first(host):
-    host.check_output(f"runuser -u lab-dave -- sh -c 'mkdir -p {HOMES}/dave/work && echo notebook > {HOMES}/dave/work/a.ipynb'")
+    host.check_output(
+        f"runuser -u lab-dave -- sh -c 'mkdir -p {HOMES}/dave/work && echo notebook > {HOMES}/dave/work/a.ipynb'"
+    )
     listing_before = host.check_output(f"cd {HOMES}/dave && find . -type f -exec sha256sum {{}} + | sort")
     result = host.ansible(
         "metalab.lab.lab_users",
