@@ -161,7 +161,11 @@ cat > /usr/local/sbin/metalab-sandbox-key <<'KEY'
 for word in $(cat /proc/cmdline); do
   case "$word" in
     metalab.key=*) key=$(echo "${{word#metalab.key=}}" | base64 -d) ;;
-    metalab.hostname=*) hostname "${{word#metalab.hostname=}}" ;;
+    metalab.hostname=*)
+      name="${{word#metalab.hostname=}}"
+      hostname "$name"
+      echo "$name" > /etc/hostname
+      grep -q " $name\$" /etc/hosts || echo "127.0.1.1 $name" >> /etc/hosts ;;
   esac
 done
 [ -n "${{key:-}}" ] || exit 0
