@@ -248,43 +248,72 @@ def _podman(host: str, report: Mapping[str, Any]) -> list[Finding]:
         return [Finding(host, "podman", OK), Finding(host, "runtime image", OK, image)]
     return [
         Finding(host, "podman", OK),
-        Finding(host, "runtime image", FAIL, f"{image} is missing", "labctl provision --tags runtime_image"),
+        Finding(host, "runtime image", FAIL, f"{image} is missing", "labctl provision --tags runtimes"),
     ]
 
 
 def _frontdoor(host: str, report: Mapping[str, Any]) -> Finding:
+    check = f"front door :{_int(report.get('frontdoor_port'), 443)}"
     if not _bool(report.get("frontdoor_installed")):
-        return Finding(host, "front door :443", NA, "nginx is not installed yet", "run labctl provision")
+        return Finding(host, check, NA, "nginx is not installed yet", "run labctl provision")
     status = _int(report.get("frontdoor_status"))
     if 200 <= status < 500:
-        return Finding(host, "front door :443", OK, f"HTTP {status}")
+        return Finding(host, check, OK, f"HTTP {status}")
+    if status in (502, 503, 504):  # nginx answers; what it proxies / to (the portal) does not
+        return Finding(
+            host,
+            check,
+            WARN,
+            f"nginx answers, but / gives HTTP {status}: the portal behind it is not answering",
+            "on the host: systemctl status metalab-portal; journalctl -u metalab-portal",
+        )
     detail = f"HTTP {status}" if status > 0 else (str(report.get("frontdoor_msg", "")) or "no answer")
-    return Finding(host, "front door :443", FAIL, detail, "on the host: systemctl status nginx; nginx -t")
+    return Finding(host, check, FAIL, detail, "on the host: systemctl status nginx; nginx -t")
 
 
 def _guard(host: str, report: Mapping[str, Any]) -> list[Finding]:
-    if not _bool(report.get("guard_dir_present")):
+    config = str(report.get("guard_config") or "/etc/metalab/guard.json")
+    if not _bool(report.get("guard_installed")):
         return [
-            Finding(host, "guard cron", NA, "session_limits not installed yet", "run labctl provision"),
+            Finding(host, "guard cron", NA, f"session_limits not installed yet (no {config})", "run labctl provision"),
             Finding(host, "guard ran recently", NA, "session_limits not installed yet"),
         ]
     found = []
+    cron = str(report.get("guard_cron") or "/etc/cron.d/metalab-guard")
     if _bool(report.get("guard_cron_present")):
-        found.append(Finding(host, "guard cron", OK, "/etc/cron.d/metalab-guard"))
+        found.append(Finding(host, "guard cron", OK, cron))
     else:
         found.append(
             Finding(
                 host,
                 "guard cron",
                 FAIL,
-                "/etc/cron.d/metalab-guard is missing: runtimes are not stopped",
-                "labctl provision --tags session_limits",
+                f"{cron} is missing: runtimes are not stopped at their limits",
+                "labctl provision --tags runtimes",
             )
         )
+    stamp = str(report.get("guard_stamp") or "guard.last-run")
     mtime, now = _int(report.get("guard_stamp_mtime"), 0), _int(report.get("now"), 0)
-    if mtime <= 0:
+    installed = _int(report.get("guard_config_mtime"), 0)
+    if mtime <= 0 and installed > 0 and now - installed <= GUARD_MAX_AGE:
         found.append(
-            Finding(host, "guard ran recently", FAIL, "the guard has never run", "check cron and /var/log/syslog")
+            Finding(
+                host,
+                "guard ran recently",
+                WARN,
+                f"configured {max(0, now - installed)}s ago, no run yet ({stamp} is missing)",
+                "cron runs the guard every minute: run labctl doctor again in a minute",
+            )
+        )
+    elif mtime <= 0:
+        found.append(
+            Finding(
+                host,
+                "guard ran recently",
+                FAIL,
+                f"the guard has never run ({stamp} is missing)",
+                "check cron and the journal (journalctl -t metalab-guard)",
+            )
         )
     elif now - mtime > GUARD_MAX_AGE:
         found.append(
@@ -293,7 +322,7 @@ def _guard(host: str, report: Mapping[str, Any]) -> list[Finding]:
                 "guard ran recently",
                 FAIL,
                 f"last run {now - mtime}s ago (expected every minute)",
-                "on the host: run metalab-guard by hand and read its error; check cron",
+                "on the host: run metalab-guard run by hand and read its error; check cron",
             )
         )
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import click
 from metalab import config
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Width of a table written to a file or a pipe (a terminal's own width is used on a terminal; $COLUMNS overrides).
+PIPE_WIDTH = 160
 
 STATUS_STYLES = {
     "ok": "green",
@@ -94,7 +97,8 @@ def emit(
 
         table = Table(title=title, title_justify="left")
         for c in columns:
-            table.add_column(c.title, justify=c.justify)  # type: ignore[arg-type]
+            # fold, never cut: a path or an action that is cut off with an ellipsis is of no use to the reader
+            table.add_column(c.title, justify=c.justify, overflow="fold")  # type: ignore[arg-type]
         for row in rows:
             cells = []
             for c in columns:
@@ -102,4 +106,7 @@ def emit(
                 style = STATUS_STYLES.get(text) if c.styled else None
                 cells.append(f"[{style}]{escape(text)}[/]" if style else escape(text))
             table.add_row(*cells)
-        Console(file=stream).print(table)
+        console = Console(file=stream)
+        if not console.is_terminal and "COLUMNS" not in os.environ:
+            console = Console(file=stream, width=PIPE_WIDTH)  # a file or a pipe: not rich's 80 columns
+        console.print(table)

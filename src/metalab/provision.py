@@ -18,6 +18,7 @@ def run_and_report(
     inventory: str | None = None,
     limit: str | None = None,
     tags: str | None = None,
+    skip_tags: str | None = None,
     check: bool = False,
     plain: bool = False,
 ) -> int:
@@ -51,13 +52,27 @@ def run_and_report(
     if plain:
         click.echo(f"labctl: running {playbook}{where}{mode}")
         result = runner.run_playbook(
-            playbook, inventory=inventory, limit=limit, tags=tags, check=check, model=model, on_event=plain_event
+            playbook,
+            inventory=inventory,
+            limit=limit,
+            tags=tags,
+            skip_tags=skip_tags,
+            check=check,
+            model=model,
+            on_event=plain_event,
         )
     else:
         console.print(f"[bold]labctl[/]: running {playbook}{where}{mode}")
         with Live(get_renderable=lambda: runner.progress_table(model), console=console, refresh_per_second=4):
             result = runner.run_playbook(
-                playbook, inventory=inventory, limit=limit, tags=tags, check=check, model=model, on_event=remember
+                playbook,
+                inventory=inventory,
+                limit=limit,
+                tags=tags,
+                skip_tags=skip_tags,
+                check=check,
+                model=model,
+                on_event=remember,
             )
     code = result.exit_code
     if not model.finished:
@@ -94,10 +109,19 @@ def run_and_report(
 @click.option("-i", "--inventory", metavar="INVENTORY", help="Inventory file or directory [env: METALAB_INVENTORY].")
 @click.option("--limit", metavar="HOSTS", help="Only these hosts or groups (Ansible --limit pattern).")
 @click.option("--tags", metavar="TAGS", help="Only tasks with these tags (comma-separated).")
+@click.option("--skip-tags", metavar="TAGS", help="Skip tasks with these tags (comma-separated), e.g. runtimes.")
 @click.option("--check", is_flag=True, help="Dry run: report what would change, change nothing.")
 @click.option("--plain", is_flag=True, help="Line output instead of the live table (automatic when not a terminal).")
 @click.option("--playbook", default="site", show_default=True, help="Playbook of the collection to run.")
-def cli(inventory: str | None, limit: str | None, tags: str | None, check: bool, plain: bool, playbook: str) -> None:
+def cli(
+    inventory: str | None,
+    limit: str | None,
+    tags: str | None,
+    skip_tags: str | None,
+    check: bool,
+    plain: bool,
+    playbook: str,
+) -> None:
     """Provision the lab: run a playbook of metalab.lab on the inventory's hosts.
 
     \b
@@ -109,6 +133,12 @@ def cli(inventory: str | None, limit: str | None, tags: str | None, check: bool,
     """
     sys.exit(
         run_and_report(
-            playbook, inventory=config.inventory(inventory), limit=limit, tags=tags, check=check, plain=plain
+            playbook,
+            inventory=config.inventory(inventory),
+            limit=limit,
+            tags=tags,
+            skip_tags=skip_tags,
+            check=check,
+            plain=plain,
         )
     )

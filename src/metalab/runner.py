@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -258,6 +259,7 @@ def run_playbook(
     inventory: str | None = None,
     limit: str | None = None,
     tags: str | None = None,
+    skip_tags: str | None = None,
     check: bool = False,
     extravars: Mapping[str, Any] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -270,8 +272,8 @@ def run_playbook(
     root = collection.root()
     path = playbook_path(playbook)
     model = model or ProgressModel()
-    private = cache_dir() / "runner"
-    private.mkdir(parents=True, exist_ok=True)
+    artifacts = cache_dir() / "runner" / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
     ident = f"{time.strftime('%Y%m%d-%H%M%S')}-{path.stem}-{os.getpid()}"
 
     def handler(event: dict[str, Any]) -> bool:
@@ -285,22 +287,28 @@ def run_playbook(
     if bindir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
     cmdline = "--check --diff" if check else None
-    runner = ansible_runner.run(
-        private_data_dir=str(private),
-        project_dir=str(root),
-        playbook=str(path),
-        inventory=str(Path(inventory).expanduser().resolve()) if inventory else None,
-        limit=limit or None,
-        tags=tags or None,
-        cmdline=cmdline,
-        extravars=dict(extravars) if extravars else None,
-        envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg")},
-        ident=ident,
-        event_handler=handler,
-        rotate_artifacts=keep_artifacts,
-        quiet=True,
-    )
-    return RunResult(model=model, artifacts=private / "artifacts" / ident, status=runner.status, rc=runner.rc)
+    # A fresh private data dir per run: ansible-runner reads env/cmdline, env/extravars... from it when they exist,
+    # so a shared one would turn every run after a `--check` into a check run. Only the artifacts are kept.
+    with tempfile.TemporaryDirectory(prefix="labctl-runner-") as private:
+        runner = ansible_runner.run(
+            private_data_dir=private,
+            artifact_dir=str(artifacts),
+            project_dir=str(root),
+            playbook=str(path),
+            inventory=str(Path(inventory).expanduser().resolve()) if inventory else None,
+            limit=limit or None,
+            tags=tags or None,
+            skip_tags=skip_tags or None,
+            cmdline=cmdline,
+            extravars=dict(extravars) if extravars else None,
+            envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg")},
+            suppress_env_files=True,
+            ident=ident,
+            event_handler=handler,
+            rotate_artifacts=keep_artifacts,
+            quiet=True,
+        )
+    return RunResult(model=model, artifacts=artifacts / ident, status=runner.status, rc=runner.rc)
 
 
 # --- displays ----------------------------------------------------------------------------------------------

@@ -300,10 +300,18 @@ def read_roster(path: Path) -> list[tuple[str, str | None, bool]]:
     return rows
 
 
+# What --apply runs: lab_users, plus what it and the runtime side need in the same play. storage publishes the
+# homes volume (without it quotas are unknown and a quota'd lab fails the preflight); the front door (a location per
+# user) and the guard (its user list) must learn about the user, and session_limits reads facts of container_engine
+# and runtime_image. All idempotent: on a converged host only the user's part changes. (The portal keeps no per-user
+# state besides its admins, which the next full run checks.)
+APPLY_TAGS = "storage,lab_users,container_engine,runtime_image,frontdoor,session_limits"
+
+
 def _apply(inventory: Path, plain_output: bool) -> None:
     from metalab import provision
 
-    raise SystemExit(provision.run_and_report("site", inventory=str(inventory), tags="lab_users", plain=plain_output))
+    raise SystemExit(provision.run_and_report("site", inventory=str(inventory), tags=APPLY_TAGS, plain=plain_output))
 
 
 def _rel(path: Path) -> str:
@@ -316,7 +324,9 @@ def _rel(path: Path) -> str:
 INVENTORY_OPTION = click.option(
     "-i", "--inventory", metavar="INVENTORY", help="Inventory file or directory [env: METALAB_INVENTORY]."
 )
-APPLY_OPTION = click.option("--apply", is_flag=True, help="Then run the site playbook with --tags lab_users.")
+APPLY_OPTION = click.option(
+    "--apply", is_flag=True, help=f"Then run the site playbook with --tags {APPLY_TAGS} (the users' part of the lab)."
+)
 PLAIN_OPTION = click.option("--plain", is_flag=True, help="With --apply: line output instead of the live table.")
 
 
@@ -354,7 +364,7 @@ def add_cmd(
     click.echo(f"added {names} to lab_users in {_rel(doc.path)}")
     if apply:
         _apply(inv, plain)
-    click.echo("run `labctl provision --tags lab_users` (or add --apply) to create the accounts")
+    click.echo(f"run `labctl provision --tags {APPLY_TAGS}` (or add --apply) to create the accounts")
 
 
 @cli.command("remove")
@@ -412,3 +422,193 @@ def list_cmd(inventory: str | None, output: str | None) -> None:  # noqa: A002 -
         for row in rows:
             row["quota"] = row["quota"] or "(default)"
     out.emit(rows, LIST_COLUMNS, fmt, title=f"lab_users in {_rel(doc.path)}")
+
+
+# --- portal passwords and enrollment links (metalab-broker on the lab hosts) ---------------------------------
+
+# Run on the lab host(s) by ``labctl users passwd|enroll``. The password travels as the command's stdin, read on the
+# controller from a 0600 file in a throwaway directory: never on a command line, never in an event (no_log).
+BROKER_PLAY = """---
+- name: metalab-broker on the lab hosts
+  hosts: "{{ metalab_target }}"
+  become: true
+  gather_facts: false
+  tasks:
+    - name: One host only
+      ansible.builtin.assert:
+        that: ansible_play_hosts_all | length == 1
+        fail_msg: "{{ ansible_play_hosts_all | length }} hosts matched; choose one with --host"
+        quiet: true
+      when: metalab_single_host | bool
+
+    - name: Run metalab-broker
+      ansible.builtin.command:
+        argv: >-
+          {{ ['/usr/local/bin/metalab-broker'] + metalab_broker_args
+             + (['--base-url', metalab_base_url | default('https://' ~ (ansible_host | default(inventory_hostname))
+                 ~ ('' if frontdoor_https_port | default(443) | int == 443 else ':' ~ frontdoor_https_port))]
+                if metalab_wants_base_url | bool else []) }}
+        stdin: "{{ lookup('ansible.builtin.file', metalab_stdin_file) if metalab_stdin_file else omit }}"
+      register: metalab_broker
+      changed_when: metalab_broker.rc == 0
+      failed_when: false
+      no_log: true
+
+    - name: Report
+      ansible.builtin.debug:
+        msg: "{{ {'rc': metalab_broker.rc, 'stdout': metalab_broker.stdout, 'stderr': metalab_broker.stderr} }}"
+"""
+
+
+@dataclass
+class BrokerResult:
+    host: str
+    rc: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+def broker_results(events: list[dict[str, Any]]) -> tuple[dict[str, BrokerResult], list[str]]:
+    """Per-host results of the ``Report`` task, and the messages of hosts that failed before it (pure)."""
+    results: dict[str, BrokerResult] = {}
+    errors: list[str] = []
+    for event in events:
+        data: Mapping[str, Any] = event.get("event_data") or {}
+        host, res = data.get("host"), data.get("res") or {}
+        if not host:
+            continue
+        if event.get("event") in ("runner_on_failed", "runner_on_unreachable"):
+            errors.append(f"{host}: {' '.join(str(res.get('msg') or 'failed').split())}")
+        elif event.get("event") == "runner_on_ok" and data.get("task") == "Report":
+            msg = res.get("msg") or {}
+            rc, out, err = int(msg.get("rc", 1)), str(msg.get("stdout", "")), str(msg.get("stderr", ""))
+            results[host] = BrokerResult(host, rc, out, err)
+    return results, errors
+
+
+def run_broker(
+    args: list[str],
+    *,
+    inventory: str,
+    hosts: str,
+    stdin: str | None = None,
+    single_host: bool = False,
+    base_url: str | None = None,
+    wants_base_url: bool = False,
+) -> dict[str, BrokerResult]:
+    """``metalab-broker ARGS`` as root on ``hosts``; ``stdin`` reaches it through a file that is removed afterwards."""
+    import shutil
+    import sys
+
+    import ansible_runner  # slow import: only when something runs
+
+    root = collection.root()
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    events: list[dict[str, Any]] = []
+
+    def keep(event: dict[str, Any]) -> bool:
+        events.append(event)
+        return True
+
+    private = Path(tempfile.mkdtemp(prefix="labctl-broker."))  # 0700; holds the password file while it runs
+    try:
+        project = private / "project"
+        project.mkdir()
+        (project / "broker.yml").write_text(BROKER_PLAY)
+        stdin_file = ""
+        if stdin is not None:
+            fd = os.open(private / "stdin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(stdin)
+            stdin_file = str(private / "stdin")
+        extravars: dict[str, Any] = {
+            "metalab_target": hosts,
+            "metalab_broker_args": args,
+            "metalab_stdin_file": stdin_file,
+            "metalab_single_host": single_host,
+            "metalab_wants_base_url": wants_base_url,
+        }
+        if base_url:
+            extravars["metalab_base_url"] = base_url
+        runner = ansible_runner.run(
+            private_data_dir=str(private),
+            project_dir=str(project),
+            playbook="broker.yml",
+            inventory=str(Path(inventory).expanduser().resolve()),
+            extravars=extravars,
+            envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg")},
+            event_handler=keep,
+            quiet=True,
+        )
+        results, errors = broker_results(events)
+        for error in errors:
+            click.echo(f"labctl: {error}", err=True)
+        if not results:
+            raise UsersError(f"metalab-broker did not run on {hosts!r} ({runner.status}); see the messages above")
+        return results
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _broker_exit(results: dict[str, BrokerResult]) -> None:
+    bad = [r for r in results.values() if r.rc != 0]
+    for r in bad:
+        click.echo(f"labctl: {r.host}: {r.stderr.strip() or r.stdout.strip() or f'exit {r.rc}'}", err=True)
+    if bad:
+        raise SystemExit(2 if all(r.rc == 2 for r in bad) else 1)
+
+
+HOST_OPTION = click.option("--host", metavar="HOST", help="Lab host (pattern); default: every host of the inventory.")
+
+
+@cli.command("passwd")
+@click.argument("name")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from the first line of stdin.")
+@HOST_OPTION
+@INVENTORY_OPTION
+def passwd_cmd(name: str, from_stdin: bool, host: str | None, inventory: str | None) -> None:
+    """Set lab user NAME's portal password (metalab-broker passwd on the lab hosts; ends NAME's portal sessions)."""
+    if from_stdin:
+        import sys
+
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("new portal password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.UsageError("empty password; nothing changed")
+    inv = str(config.require_inventory(inventory))
+    results = run_broker(["passwd", name, "--stdin"], inventory=inv, hosts=host or "all", stdin=password + "\n")
+    _broker_exit(results)
+    click.echo(f"portal password of {name} set on {', '.join(sorted(results))}")
+
+
+@cli.command("enroll")
+@click.argument("name")
+@click.option("--ttl", metavar="DURATION", help="How long the link is valid (default: the broker's, 72h).")
+@click.option("--base-url", metavar="URL", help="The portal's URL (default: https://<the host's address>).")
+@click.option("--json", "as_json", is_flag=True, help="Print {user, url, expires} as JSON.")
+@HOST_OPTION
+@INVENTORY_OPTION
+def enroll_cmd(
+    name: str, ttl: str | None, base_url: str | None, as_json: bool, host: str | None, inventory: str | None
+) -> None:
+    """Print a one-time link with which lab user NAME sets a portal password (single use; a new one replaces it)."""
+    inv = str(config.require_inventory(inventory))
+    args = ["enroll", name, "--json"] + (["--ttl", ttl] if ttl else [])
+    results = run_broker(
+        args, inventory=inv, hosts=host or "all", single_host=True, base_url=base_url, wants_base_url=True
+    )
+    _broker_exit(results)
+    result = next(iter(results.values()))
+    try:
+        info = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise UsersError(f"{result.host}: unexpected answer from metalab-broker: {result.stdout[:200]!r}") from None
+    info = {"user": info.get("user", name), "url": info.get("url"), "expires": info.get("expires"), "host": result.host}
+    if as_json:
+        click.echo(json.dumps(info, sort_keys=True))
+    else:
+        click.echo(info["url"])
+        click.echo(f"(single use, valid until {info['expires']}; host {result.host})", err=True)

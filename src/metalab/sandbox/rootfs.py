@@ -165,7 +165,7 @@ for word in $(cat /proc/cmdline); do
       name="${{word#metalab.hostname=}}"
       hostname "$name"
       echo "$name" > /etc/hostname
-      grep -q " $name\$" /etc/hosts || echo "127.0.1.1 $name" >> /etc/hosts ;;
+      grep -q " $name\\$" /etc/hosts || echo "127.0.1.1 $name" >> /etc/hosts ;;
   esac
 done
 [ -n "${{key:-}}" ] || exit 0

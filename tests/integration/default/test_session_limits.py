@@ -13,7 +13,8 @@ import time
 import pytest
 
 CONFIG = "/etc/metalab/guard.json"
-NOTICE = "/srv/metalab/homes/alice/.metalab/session-notice.txt"
+HOME = "/srv/metalab/homes/alice"
+NOTICE = f"{HOME}/.metalab/session-notice.txt"
 
 
 def root(host, cmd, *args):
@@ -55,10 +56,20 @@ def test_cpu_limit_warns_then_stops(host):
         ok(host, "metalab-guard start alice")
         started = time.time()
         limit_at = started + 180
-        warned_at = stopped_at = None
+        # A terminal in the runtime, as a JupyterLab terminal would be: `script` logs what reaches its pty.
+        ok(host, "podman exec -d metalab-alice script -qfc 'sleep 600' /tmp/terminal.log")
+        # Work saved before the stop must survive it byte for byte.
+        ok(host, "runuser -u lab-alice -- sh -c 'head -c 2M /dev/urandom > %s/saved.bin'", HOME)
+        saved = ok(host, "sha256sum %s/saved.bin", HOME).split()[0]
+        warned_at = terminal_warned_at = stopped_at = None
         while time.time() < limit_at + 60 + grace + 30:
             if warned_at is None and root(host, "test -s %s", NOTICE).rc == 0:
                 warned_at = time.time()
+            if (
+                terminal_warned_at is None
+                and "stops in" in root(host, "podman exec metalab-alice cat /tmp/terminal.log").stdout
+            ):
+                terminal_warned_at = time.time()
             if root(host, "podman container exists metalab-alice").rc != 0:
                 stopped_at = time.time()
                 break
@@ -66,6 +77,8 @@ def test_cpu_limit_warns_then_stops(host):
         assert warned_at is not None, "no warning reached the notice file"
         assert stopped_at is not None, "the runtime was not stopped"
         assert warned_at < stopped_at
+        assert terminal_warned_at is not None and terminal_warned_at < stopped_at, "no warning in the user's terminal"
+        assert ok(host, "sha256sum %s/saved.bin", HOME).split()[0] == saved
         assert "stops in" in ok(host, "cat %s", NOTICE)
         assert stopped_at <= limit_at + 60 + grace + 10
         reason = ok(

@@ -88,3 +88,17 @@ def test_commands_are_registered() -> None:
     result = CliRunner().invoke(cli, ["--help"])
     for name in ("completion", "doctor", "provision", "users"):
         assert name in result.output
+
+
+def test_table_to_a_pipe_is_wide_and_never_cuts_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reality: `labctl doctor | less` cut paths and actions with an ellipsis at rich's default 80 columns."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    long_path = "/var/lib/metalab-sandbox/some-host/id_ed25519-with-a-long-name"
+    rows = [{"check": "ssh key readable", "detail": f"{long_path} is missing " * 4, "action": "create the key"}]
+    columns = [output.Column("check"), output.Column("detail"), output.Column("action")]
+    stream = io.StringIO()
+    output.emit(rows, columns, "table", stream=stream)
+    text = stream.getvalue()
+    assert "…" not in text
+    assert long_path in text  # a path narrower than the column is never split
+    assert max(len(line) for line in text.splitlines()) <= output.PIPE_WIDTH

@@ -33,7 +33,8 @@ HEALTHY: dict[str, Any] = {
     "frontdoor_status": 302,
     "guard_stamp_mtime": NOW - 40,
     "guard_cron_present": True,
-    "guard_dir_present": True,
+    "guard_installed": True,
+    "guard_config_mtime": NOW - 3600,
 }
 
 
@@ -75,11 +76,14 @@ def test_healthy_host() -> None:
         ),
         ({"homes_device": "none"}, "homes volume", "n/a", "lab_homes_device is none"),
         ({"podman_rc": 125, "podman_error": "Error: cannot open storage"}, "podman", "fail", "cannot open storage"),
-        ({"image_rc": 1}, "runtime image", "fail", "localhost/metalab/runtime:latest is missing"),
+        ({"image_rc": 1}, "runtime image", "fail", "localhost/metalab/runtime:0.1.0 is missing"),
         ({"frontdoor_status": -1, "frontdoor_msg": "Connection refused"}, "front door :443", "fail", "refused"),
-        ({"frontdoor_status": 502}, "front door :443", "fail", "HTTP 502"),
+        ({"frontdoor_status": 500}, "front door :443", "fail", "HTTP 500"),
+        ({"frontdoor_status": 503}, "front door :443", "warn", "portal behind it is not answering"),
+        ({"frontdoor_port": 8443, "frontdoor_status": 500}, "front door :8443", "fail", "HTTP 500"),
         ({"guard_stamp_mtime": NOW - 600}, "guard ran recently", "fail", "600s ago"),
         ({"guard_stamp_mtime": 0}, "guard ran recently", "fail", "never run"),
+        ({"guard_stamp_mtime": 0, "guard_config_mtime": NOW - 30}, "guard ran recently", "warn", "no run yet"),
         ({"guard_cron_present": False}, "guard cron", "fail", "missing"),
     ],
 )

@@ -141,3 +141,39 @@ def test_unknown_playbook_is_refused() -> None:
     with pytest.raises(FileNotFoundError):
         runner.playbook_path("../ansible.cfg")
     assert runner.playbook_path("doctor.yml").name == "doctor.yml"
+
+
+def test_each_run_gets_a_fresh_private_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ansible-runner reads env/cmdline from its private data dir: a shared one made every run after --check a check.
+
+    Reality showed it: `labctl provision --check`, then `labctl provision` ran with --check --diff again.
+    """
+    import sys
+    import types
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_run(**kwargs: Any) -> Any:
+        private = Path(kwargs["private_data_dir"])
+        calls.append({**kwargs, "env_files": sorted(p.name for p in (private / "env").glob("*"))})
+        # What ansible-runner does without suppress_env_files: leave the cmdline behind for the next run.
+        (private / "env").mkdir(exist_ok=True)
+        (private / "env" / "cmdline").write_text(kwargs.get("cmdline") or "")
+        return types.SimpleNamespace(status="successful", rc=0)
+
+    monkeypatch.setitem(sys.modules, "ansible_runner", types.SimpleNamespace(run=fake_run))
+    monkeypatch.setenv("METALAB_CACHE", str(tmp_path / "cache"))
+    stale = tmp_path / "cache" / "runner" / "env"  # what older labctl versions left behind
+    stale.mkdir(parents=True)
+    (stale / "cmdline").write_text("--check --diff")
+
+    first = runner.run_playbook("site", check=True, skip_tags="runtimes")
+    second = runner.run_playbook("site", tags="lab_users")
+    one, two = calls
+    assert one["cmdline"] == "--check --diff" and two["cmdline"] is None
+    assert (one["skip_tags"], two["tags"]) == ("runtimes", "lab_users")
+    assert one["suppress_env_files"] and two["env_files"] == []
+    assert one["private_data_dir"] != two["private_data_dir"]
+    assert not Path(two["private_data_dir"]).exists(), "the private data dir is removed after the run"
+    assert Path(one["artifact_dir"]) == tmp_path / "cache" / "runner" / "artifacts"
+    assert first.artifacts.parent == second.artifacts.parent == tmp_path / "cache" / "runner" / "artifacts"
