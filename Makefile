@@ -16,13 +16,14 @@ APT_PACKAGES := debootstrap systemd-container qemu-system-x86 qemu-utils tinypro
 SCENARIOS ?= default metal
 DEMO_NAME ?= demo
 
-.PHONY: help deps venv lint unit sandbox-tests molecule e2e test _test demo demo-down clean-sandboxes clean
+.PHONY: help deps venv lint unit sandbox-tests molecule e2e bench test _test demo demo-down clean-sandboxes clean
 
 help:
 	@echo "make demo       bring up a sandbox lab host, provision it, print how to reach it"
 	@echo "make demo-down  remove the demo sandbox"
 	@echo "make test       everything CI runs: lint, unit, sandbox, molecule ($(SCENARIOS)) with browser end to end"
 	@echo "make lint | unit | sandbox-tests | molecule | e2e   one layer"
+	@echo "make bench      benchmarks (BENCH_ARGS=--quick for a short run)"
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -59,6 +60,10 @@ molecule: deps venv
 # against the lab host that scenario converged: this target runs just that scenario.
 e2e: deps venv
 	molecule test -s default
+
+# Reproducible performance runs: a table on stdout, JSON under benchmarks/results/ (not part of `make test`).
+bench: deps venv
+	python benchmarks/run.py $(BENCH_ARGS)
 
 # CI entry point: whatever fails, no sandbox is left behind.
 test: deps venv

@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, List, Optional, Sequence
 
-from metalab.guard import files, logsetup, metrics
+from metalab.guard import drain, files, logsetup, metrics
 from metalab.guard.config import CONFIG_ENV, Config, ConfigError, load_config
 from metalab.guard.engine import EngineError
 from metalab.guard.ledger import LedgerError
@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="write the Prometheus textfile")
     p.add_argument("--output", help="textfile path (default: metrics_path of the config)")
     p.add_argument("--quota-file", help='JSON {"user": {"used_bytes": N, "limit_bytes": N}}')
+    p = sub.add_parser("drain", help="refuse new runtimes on this host (an update is coming) and warn running ones")
+    p.add_argument("--reason", default=drain.DEFAULT_REASON, help="shown to users (default: %(default)s)")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for running runtimes to end (default 0)")
+    p.add_argument("--stop", action="store_true", help="then stop those still running (end reason host-update)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("undrain", help="accept new runtimes again")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("token", help="print USER's runtime token (root only)")
     p.add_argument("user")
     return parser
@@ -112,6 +119,13 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
             raise Refused(f"unknown user {args.user!r}: not a lab user on {config.host}")
         print(files.read_or_create_token(config.runtime.token_dir, args.user))
         return EXIT_OK
+    if args.command == "undrain":
+        removed = drain.clear(config.drain_file)
+        if args.json:
+            _print_json({"drained": False, "removed": removed, "drain_file": config.drain_file})
+        else:
+            print(f"{config.host} accepts new runtimes again" if removed else f"{config.host} was not drained")
+        return EXIT_OK
     if args.command == "metrics":
         lab = Lab(config)
         try:
@@ -129,6 +143,17 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
             return _run_report(lab.run(now), args.json)
         if args.command == "boot":
             return _run_report(lab.boot(now), args.json)
+        if args.command == "drain":
+            result = drain.drain(lab, args.reason, clock, wait=args.wait, stop=args.stop)
+            if args.json:
+                _print_json(result)
+            else:
+                print(
+                    f"{config.host} is drained: no new runtimes; {len(result['warned'])} warned, "
+                    f"{len(result['finished'])} ended, {len(result['stopped'])} stopped, "
+                    f"{len(result['running'])} still running"
+                )
+            return EXIT_OK
         if args.command == "start":
             info = lab.start(args.user, "gpu" if args.gpu else "cpu", now)
             if args.json:

@@ -75,6 +75,7 @@ class Config:
     log_file: Optional[str]
     metrics_path: str
     lock_timeout: float = 30.0
+    drain_file: str = "/etc/metalab/drain"  # while it exists, no new runtimes start (metalab.guard.drain)
 
 
 def _expect(cond: bool, message: str) -> None:
@@ -213,6 +214,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         _expect(user.uid not in uids, f"users.{user.name}.uid: {user.uid} is also the uid of {uids.get(user.uid)}")
         uids[user.uid] = user.name
     lock_timeout = data.get("lock_timeout", 30)
+    drain_file = data.get("drain_file") or "/etc/metalab/drain"
+    _expect(isinstance(drain_file, str) and os.path.isabs(drain_file), "drain_file: expected an absolute path")
     _expect(isinstance(lock_timeout, (int, float)) and lock_timeout >= 0, "lock_timeout: expected seconds")
     return Config(
         path=path,
@@ -226,6 +229,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         log_file=data.get("log_file"),
         metrics_path=str(data.get("metrics_path", "/var/lib/prometheus/node-exporter/metalab.prom")),
         lock_timeout=float(lock_timeout),
+        drain_file=drain_file,
     )
 
 

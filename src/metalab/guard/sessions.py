@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from metalab.guard import files
+from metalab.guard import drain, files
 from metalab.guard.config import Config, User
 from metalab.guard.engine import ContainerInfo, ContainerSpec, EngineError, PodmanEngine, container_name
 from metalab.guard.ledger import Ledger, LedgerError, Runtime
@@ -38,6 +38,12 @@ log = logging.getLogger("metalab.guard")
 
 NOTICE_DIR = ".metalab"
 NOTICE_FILE = "session-notice.txt"
+# Touched (mtime = the run's clock) at the end of every guard run, beside the ledger: `labctl doctor` reads its age.
+LAST_RUN_FILE = "guard.last-run"
+
+
+def last_run_path(ledger: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(ledger)), LAST_RUN_FILE)
 
 
 class Refused(Exception):
@@ -243,6 +249,10 @@ class Lab:
                 raise Refused(f"host {self.config.host} has no GPUs")
         self._locked()
         try:
+            # Checked under the lock: once `metalab-guard drain` has returned, no start slips through.
+            draining = drain.read(self.config.drain_file)
+            if draining is not None:
+                raise Refused(drain.refusal(self.config.host, draining))
             now = time.time() if now is None else now
             report = RunReport()
             self.reconcile(now, report)  # frees GPUs of crashed runtimes; errors there are retried by the guard
@@ -449,9 +459,19 @@ class Lab:
                     report.errors.append(f"{row.user}: {exc}")
                     log.error("%s: %s", row.user, exc)
             self.ledger.set_meta("last_run", repr(now))
+            self._mark_last_run(now)
             return report
         finally:
             self.lock.release()
+
+    def _mark_last_run(self, now: float) -> None:
+        path = last_run_path(self.config.ledger)
+        try:
+            with open(path, "a", encoding="utf-8"):
+                pass
+            os.utime(path, (now, now))
+        except OSError as exc:  # the marker is a health signal only: never fail the run for it
+            log.warning("could not touch %s: %s", path, exc)
 
     def boot(self, now: Optional[float] = None) -> RunReport:
         """At boot: close every open row (reason host-restart) and remove leftover containers.

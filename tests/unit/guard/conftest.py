@@ -34,6 +34,7 @@ def base_config(tmp: Path) -> Dict[str, Any]:
         "log_file": str(tmp / "guard.log"),
         "metrics_path": str(tmp / "metalab.prom"),
         "lock_timeout": 5,
+        "drain_file": str(tmp / "drain"),  # never the machine's /etc/metalab/drain
         "users": users,
         "policy": {"limits": {"cpu": "12h", "gpu": "4h"}, "warnings": ["15m", "5m"]},
         "runtime": {

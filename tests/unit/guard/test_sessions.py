@@ -5,6 +5,7 @@ import stat
 
 import pytest
 
+from metalab.guard import sessions
 from metalab.guard.sessions import Failure, Refused
 
 from .conftest import T0, H
@@ -323,3 +324,24 @@ def test_status_and_usage(env):
         {"user": "bob", "kind": "cpu", "seconds": H, "hours": 1.0, "sessions": 1},
     ]
     assert lab.usage(T0 + 2 * H + 30 * M, T0 + 3 * H)[0]["seconds"] == 30 * M
+
+
+# -- health marker -----------------------------------------------------------------------------------------------
+
+
+def test_every_run_touches_the_last_run_marker_beside_the_ledger(env, lab):
+    marker = sessions.last_run_path(env.data["ledger"])
+    assert marker == str(env.tmp / "state" / "guard.last-run")
+    assert not os.path.exists(marker)
+    lab.run(T0)
+    assert os.stat(marker).st_mtime == T0
+    lab.run(T0 + 60)
+    assert os.stat(marker).st_mtime == T0 + 60
+    lab.boot(T0 + 120)  # only `run` marks: a boot alone does not prove that cron runs the guard
+    assert os.stat(marker).st_mtime == T0 + 60
+
+
+def test_an_unwritable_marker_does_not_fail_the_run(env, lab, monkeypatch):
+    monkeypatch.setattr(sessions, "last_run_path", lambda ledger: str(env.tmp / "missing" / "dir" / "x"))
+    report = lab.run(T0)
+    assert report.errors == []

@@ -1,0 +1,557 @@
+"""metalab benchmarks: no-change reruns (users, hosts, settings), runtime start latency, guard run.
+
+Every figure is the median of N runs with min and max; targets are ratios measured within the same run (the
+cases of one section are interleaved, so load from elsewhere on the machine hits them alike). Results: a table
+on stdout and JSON under benchmarks/results/ (benchmarks/results/quick/ with --quick).
+
+    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,guard] [--repeat N] [--profile]
+
+Sections (lab hosts are nspawn sandboxes named bm1..bm10, always taken down at the end):
+  users    no-change rerun of site.yml on 1 host with 1, 50 and 200 lab users         target: 200 <= 1.5x 1
+  hosts    no-change rerun on 1, 5 and 10 sandboxes at once (forks >= 10)             target: 10 <= 3x 1
+  config   the same rerun with metalab's ansible.cfg vs Ansible's defaults            target: defaults >= 2x
+  latency  `metalab-guard start alice` on the host to the first 200 of her JupyterLab API through the front
+           door (median of 10; converges the whole site, runtime image included, on one sandbox)  target: < 5 s
+  guard    one guard run over a 10 000-row ledger (benchmarks/guard_bench.py)        target: < 1 s
+
+The rerun sections converge a subset of site.yml (tags base,storage,lab_users: the runtime roles build a
+container image per host, minutes each); the latency section converges everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+SITE = REPO / "playbooks" / "site.yml"
+METALAB_CFG = REPO / "ansible.cfg"
+SUBSET_TAGS = "base,storage,lab_users"
+SECTIONS = ("users", "hosts", "config", "latency", "guard")
+PROFILE = False  # --profile: per-task times of each rerun (benchmarks/callback_plugins/metalab_profile.py)
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+"
+    r"failed=(?P<failed>\d+)",
+    re.M,
+)
+# Ansible's own defaults, except what is needed to find the collection in this checkout.
+DEFAULTS_CFG = """[defaults]
+collections_path = {repo}/collections
+roles_path = {repo}/roles
+"""
+HOST_VARS = {
+    "lab_homes_device": "none",
+    "lab_quota_required": False,
+    "runtime_image_base_from_host": True,
+}
+
+
+class BenchError(Exception):
+    pass
+
+
+def tool(name: str) -> str:
+    venv = REPO / ".venv" / "bin" / name
+    return str(venv) if venv.exists() else (shutil.which(name) or name)
+
+
+def clean_env(**extra: str) -> Dict[str, str]:
+    """The caller's environment without ANSIBLE_* (the Makefile exports ANSIBLE_CONFIG), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env["PATH"] = f"{REPO / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    env.update({"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}, **extra)
+    return env
+
+
+def figure(times: Sequence[float]) -> Dict[str, Any]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": list(times)}
+
+
+def users_list(count: int) -> List[Dict[str, Any]]:
+    return [{"name": "alice" if i == 0 else f"user{i:03d}", "quota": "1G"} for i in range(count)]
+
+
+def ratio(a: Dict[str, Any], b: Dict[str, Any]) -> float:
+    return a["median_s"] / b["median_s"] if b["median_s"] else float("inf")
+
+
+def machine() -> Dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = 0.0
+    with suppress(ValueError, OSError):
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    version = subprocess.run(
+        [tool("ansible-playbook"), "--version"], capture_output=True, text=True, check=False, env=clean_env()
+    ).stdout.splitlines()
+    os_name = ""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name = line.split("=", 1)[1].strip('"')
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gib,
+        "os": os_name,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "ansible": version[0] if version else "",
+        "lab_hosts": "systemd-nspawn sandboxes (Debian 12) on the same machine, over SSH",
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+# -- sandboxes ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    names: List[str]
+    workdir: Path
+    info: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def sandbox_inventory(self) -> Path:
+        return self.workdir / "sandboxes.yml"
+
+    def vars_inventory(self, per_host_users: Dict[str, int]) -> Path:
+        path = self.workdir / "lab.yml"
+        data = {
+            "all": {
+                "vars": HOST_VARS,
+                "hosts": {name: {"lab_users": users_list(per_host_users[name])} for name in self.names},
+            }
+        }
+        path.write_text(json.dumps(data, indent=1))  # JSON is YAML
+        return path
+
+
+@contextmanager
+def fleet(names: List[str], workdir: Path) -> Iterator[Fleet]:
+    """Sandboxes up for the block, down afterwards whatever happened."""
+    labctl = tool("labctl")
+    f = Fleet(names=names, workdir=workdir)
+    # Facts cached for an earlier sandbox of the same name: the first converge gathers them afresh.
+    for cached in (REPO / ".cache" / "facts").glob("*"):
+        if any(cached.name == name or cached.name.endswith("_" + name) for name in names):
+            cached.unlink()
+    try:
+        for name in names:
+            out = subprocess.run(
+                [labctl, "sandbox", "up", name, "--json"], capture_output=True, text=True, check=False, timeout=300
+            )
+            if out.returncode != 0:
+                raise BenchError(f"labctl sandbox up {name} failed: {out.stderr.strip()[-500:]}")
+            f.info[name] = json.loads(out.stdout)
+        inv = subprocess.run(
+            [labctl, "sandbox", "inventory", *names], capture_output=True, text=True, check=True, timeout=60
+        )
+        f.sandbox_inventory.write_text(inv.stdout)
+        yield f
+    finally:
+        subprocess.run([labctl, "sandbox", "down", *names], capture_output=True, check=False, timeout=300)
+
+
+# -- playbook runs --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    seconds: float
+    rc: int
+    recap: Dict[str, Dict[str, int]]
+    log: Path
+
+
+def playbook(
+    inventories: Sequence[Path],
+    cfg: Path,
+    log: Path,
+    limit: Optional[str] = None,
+    tags: Optional[str] = SUBSET_TAGS,
+    extra_env: Optional[Dict[str, str]] = None,
+    timeout: float = 3600,
+) -> Run:
+    if PROFILE:
+        extra_env = dict(
+            extra_env or {},
+            ANSIBLE_CALLBACK_PLUGINS=str(BENCH / "callback_plugins"),
+            ANSIBLE_CALLBACKS_ENABLED="metalab_profile",
+            METALAB_PROFILE_OUT=str(log.with_suffix(".profile.json")),
+        )
+    argv = [tool("ansible-playbook"), str(SITE)]
+    for inv in inventories:
+        argv += ["-i", str(inv)]
+    if limit:
+        argv += ["--limit", limit]
+    if tags:
+        argv += ["--tags", tags]
+    env = clean_env(ANSIBLE_CONFIG=str(cfg), **(extra_env or {}))
+    t0 = time.perf_counter()
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.run(
+            argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=timeout, check=False
+        )
+    seconds = time.perf_counter() - t0
+    text = log.read_text(encoding="utf-8", errors="replace")
+    recap = {
+        m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")} for m in RECAP.finditer(text)
+    }
+    return Run(seconds=seconds, rc=proc.returncode, recap=recap, log=log)
+
+
+def converge(f: Fleet, inventories: Sequence[Path], tags: Optional[str], label: str) -> float:
+    run = playbook(inventories, METALAB_CFG, f.workdir / f"converge-{label}.log", tags=tags)
+    bad = {h: r for h, r in run.recap.items() if r["failed"] or r["unreachable"]}
+    if run.rc != 0 or bad or set(run.recap) != set(f.names):
+        tail = "\n".join(run.log.read_text(errors="replace").splitlines()[-30:])
+        raise BenchError(f"converge ({label}) failed (rc {run.rc}, {bad}):\n{tail}")
+    return run.seconds
+
+
+@dataclass
+class Case:
+    label: str
+    limit: Optional[str]
+    cfg: Path
+    hosts: int
+    times: List[float] = field(default_factory=list)
+    changed: List[int] = field(default_factory=list)
+    slowest: List[Dict[str, Any]] = field(default_factory=list)
+
+    def result(self) -> Dict[str, Any]:
+        out = {
+            "label": self.label,
+            "hosts": self.hosts,
+            "config": "metalab" if self.cfg == METALAB_CFG else "ansible-defaults",
+            **figure(self.times),
+            "changed": self.changed,
+        }
+        if self.slowest:
+            out["slowest_tasks_last_run"] = self.slowest
+        return out
+
+
+def measure(f: Fleet, inventories: Sequence[Path], cases: List[Case], repeat: int) -> None:
+    """Interleave the cases (case 1, case 2, ..., case 1, ...): drifting load hits each case alike."""
+    for rep in range(repeat):
+        for case in cases:
+            slug = re.sub(r"[^a-z0-9]+", "-", case.label.lower()).strip("-")
+            run = playbook(inventories, case.cfg, f.workdir / f"{slug}-{rep}.log", limit=case.limit)
+            failed = {h: r for h, r in run.recap.items() if r["failed"] or r["unreachable"]}
+            if run.rc != 0 or failed:
+                raise BenchError(f"{case.label}: rerun failed (rc {run.rc}, {failed}); log {run.log}")
+            case.times.append(run.seconds)
+            case.changed.append(sum(r["changed"] for r in run.recap.values()))
+            profile = run.log.with_suffix(".profile.json")
+            if profile.exists():
+                tasks = json.loads(profile.read_text())["tasks"]
+                case.slowest = [
+                    {"task": t["name"], "seconds": round(t["seconds"], 2)}
+                    for t in sorted(tasks, key=lambda t: -t["seconds"])[:10]
+                ]
+            print(f"  {case.label:<34} run {rep + 1}/{repeat}: {run.seconds:6.1f} s", file=sys.stderr, flush=True)
+
+
+def defaults_cfg(workdir: Path) -> Path:
+    path = workdir / "defaults" / "ansible.cfg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(DEFAULTS_CFG.format(repo=REPO))
+    return path
+
+
+def metalab_forks() -> int:
+    for line in METALAB_CFG.read_text().splitlines():
+        m = re.match(r"^\s*forks\s*=\s*(\d+)", line)
+        if m:
+            return int(m.group(1))
+    return 5
+
+
+# -- sections -------------------------------------------------------------------------------------------------
+
+
+def section_users(work: Path, repeat: int, quick: bool) -> Dict[str, Any]:
+    counts = [1, 200] if quick else [1, 50, 200]
+    names = [f"bm{i + 1}" for i in range(len(counts))]
+    with fleet(names, work) as f:
+        lab = f.vars_inventory(dict(zip(names, counts)))
+        inventories = [f.sandbox_inventory, lab]
+        first = converge(f, inventories, SUBSET_TAGS, "users")
+        cases = [Case(f"1 host, {n} lab users", name, METALAB_CFG, 1) for name, n in zip(names, counts)]
+        measure(f, inventories, cases, repeat)
+    results = [dict(c.result(), users=n) for c, n in zip(cases, counts)]
+    r = ratio(cases[-1].result(), cases[0].result())
+    return {
+        "section": "users",
+        "tags": SUBSET_TAGS,
+        "first_converge_s": first,
+        "cases": results,
+        "targets": [target(f"{counts[-1]} users vs 1 user", r, "<=", 1.5)],
+    }
+
+
+def section_hosts(work: Path, repeat: int, quick: bool, with_config: bool, with_hosts: bool) -> List[Dict[str, Any]]:
+    sizes = [1, 3] if quick else [1, 5, 10]
+    names = [f"bm{i + 1}" for i in range(sizes[-1])]
+    out: List[Dict[str, Any]] = []
+    with fleet(names, work) as f:
+        lab = f.vars_inventory(dict.fromkeys(names, 3))
+        inventories = [f.sandbox_inventory, lab]
+        first = converge(f, inventories, SUBSET_TAGS, "fleet")
+        fleet_cases = [
+            Case(f"{n} host{'s' if n > 1 else ''} at once", ",".join(names[:n]), METALAB_CFG, n) for n in sizes
+        ]
+        cases = list(fleet_cases) if with_hosts else [fleet_cases[0], fleet_cases[-1]]
+        default = defaults_cfg(work)
+        config_cases: List[Tuple[Case, Case]] = []
+        if with_config:
+            for metalab_case in (fleet_cases[0], fleet_cases[-1]):
+                d = Case(f"{metalab_case.label}, Ansible defaults", metalab_case.limit, default, metalab_case.hosts)
+                config_cases.append((metalab_case, d))
+                cases.append(d)
+        measure(f, inventories, cases, repeat)
+    if with_hosts:
+        r = ratio(fleet_cases[-1].result(), fleet_cases[0].result())
+        forks = metalab_forks()
+        out.append(
+            {
+                "section": "hosts",
+                "tags": SUBSET_TAGS,
+                "users_per_host": 3,
+                "forks": forks,
+                "first_converge_s": first,
+                "cases": [c.result() for c in fleet_cases],
+                "targets": [target(f"{sizes[-1]} hosts vs 1 host (forks {forks})", r, "<=", 3.0)],
+            }
+        )
+    if with_config:
+        targets = []
+        results = []
+        for metalab_case, d in config_cases:
+            results += [metalab_case.result(), d.result()]
+            targets.append(
+                target(
+                    f"defaults vs metalab, {metalab_case.hosts} host(s)",
+                    ratio(d.result(), metalab_case.result()),
+                    ">=",
+                    2.0,
+                )
+            )
+        out.append(
+            {
+                "section": "config",
+                "tags": SUBSET_TAGS,
+                "defaults_cfg": DEFAULTS_CFG.format(repo="<repo>"),
+                "cases": results,
+                "targets": targets,
+            }
+        )
+    return out
+
+
+LATENCY_SCRIPT = r"""
+import json, subprocess, sys, time
+user, repeat = sys.argv[1], int(sys.argv[2])
+def sh(*argv):
+    return subprocess.run(argv, capture_output=True, text=True, check=False)
+token = sh("metalab-guard", "token", user).stdout.strip()
+url = "https://localhost/user/%s/api/status" % user
+sh("metalab-guard", "stop", user, "--reason", "admin")
+times, errors = [], []
+for _ in range(repeat):
+    t0 = time.monotonic()
+    start = sh("metalab-guard", "start", user)
+    if start.returncode != 0:
+        errors.append(start.stderr.strip()); break
+    code = ""
+    while time.monotonic() - t0 < 120:
+        code = sh("curl", "-k", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: token " + token,
+                  url).stdout.strip()
+        if code == "200":
+            break
+        time.sleep(0.05)
+    elapsed = time.monotonic() - t0
+    stop = sh("metalab-guard", "stop", user, "--reason", "admin")
+    if code != "200":
+        errors.append("no 200 within 120 s (last %s)" % code); break
+    if stop.returncode != 0:
+        errors.append(stop.stderr.strip()); break
+    times.append(elapsed)
+print(json.dumps({"times": times, "errors": errors}))
+"""
+
+
+def section_latency(work: Path, repeat: int, rerun_repeat: int) -> Dict[str, Any]:
+    with fleet(["bm1"], work) as f:
+        lab = f.vars_inventory({"bm1": 1})
+        first = converge(f, [f.sandbox_inventory, lab], None, "latency")
+        # While the whole site is converged here: its no-change rerun (runtime roles included), for reference.
+        full = Case("whole site.yml rerun, 1 host (no tags)", "bm1", METALAB_CFG, 1)
+        for rep in range(rerun_repeat):
+            run = playbook([f.sandbox_inventory, lab], METALAB_CFG, work / f"full-rerun-{rep}.log", tags=None)
+            if run.rc != 0:
+                raise BenchError(f"whole-site rerun failed (rc {run.rc}); log {run.log}")
+            full.times.append(run.seconds)
+            full.changed.append(sum(r["changed"] for r in run.recap.values()))
+        info = f.info["bm1"]
+        ssh = [
+            "ssh", "-p", str(info["ansible_port"]), "-i", info["ansible_ssh_private_key_file"],
+            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            f"{info['ansible_user']}@{info['ansible_host']}",
+            f"sudo python3 - alice {repeat}",
+        ]  # fmt: skip
+        out = subprocess.run(ssh, input=LATENCY_SCRIPT, capture_output=True, text=True, timeout=1800, check=False)
+    try:
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError(f"latency script failed: {out.stderr.strip()[-800:]}") from None
+    if data["errors"] or not data["times"]:
+        raise BenchError(f"latency: {data['errors']}")
+    fig = figure(data["times"])
+    return {
+        "section": "latency",
+        "what": "metalab-guard start alice on the host -> first 200 of /user/alice/api/status through nginx",
+        "first_converge_s": first,
+        "cases": [dict(fig, label=f"runtime start to first API answer (n={len(data['times'])})"), full.result()],
+        "targets": [target("start to first API answer (s)", fig["median_s"], "<", 5.0)],
+    }
+
+
+def section_guard(work: Path, repeat: int, results: Path) -> Dict[str, Any]:
+    out = results / "guard.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "guard_bench.py"), "--repeat", str(repeat), "--output", str(out)],
+        capture_output=True, text=True, check=False, timeout=1800,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise BenchError(f"guard_bench.py failed: {proc.stderr.strip()[-800:]}")
+    data = json.loads(out.read_text())
+    busy = data["busy"]
+    return {
+        "section": "guard",
+        "cases": [
+            dict(data["baseline_empty"], label="guard run, empty ledger"),
+            dict(busy, label=f"guard run, {data['ledger_rows']} rows, {data['running']} running"),
+        ],
+        "targets": [target(f"guard run over {data['ledger_rows']} rows (s)", busy["median_s"], "<", 1.0)],
+    }
+
+
+# -- report ---------------------------------------------------------------------------------------------------
+
+
+def target(what: str, value: float, op: str, bound: float) -> Dict[str, Any]:
+    ok = {"<=": value <= bound, ">=": value >= bound, "<": value < bound}[op]
+    return {"what": what, "value": round(value, 3), "op": op, "bound": bound, "verdict": "PASS" if ok else "MISS"}
+
+
+def print_table(sections: List[Dict[str, Any]]) -> None:
+    print(f"{'case':<44}{'median s':>10}{'min s':>9}{'max s':>9}  n  changed")
+    for sec in sections:
+        tags = f" (site.yml --tags {sec['tags']})" if sec.get("tags") else ""
+        print(f"[{sec['section']}]{tags}")
+        for c in sec["cases"]:
+            changed = ",".join(str(x) for x in c.get("changed", [])) or "-"
+            print(
+                f"  {c['label']:<42}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}"
+                f"  {len(c['runs'])}  {changed}"
+            )
+    print()
+    print("targets (ratios within this run):")
+    for sec in sections:
+        for t in sec["targets"]:
+            print(f"  {t['verdict']:<5} {t['what']}: {t['value']:.2f} {t['op']} {t['bound']}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cases and one run each (a smoke test)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--repeat", type=int, help="runs per figure (default 3; 1 with --quick)")
+    parser.add_argument("--latency-repeat", type=int, default=10, help="runtime starts to time (default 10)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the ansible-playbook logs (path printed)")
+    parser.add_argument("--profile", action="store_true", help="record the 10 slowest tasks of each rerun in the JSON")
+    args = parser.parse_args(argv)
+    global PROFILE
+    PROFILE = args.profile
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
+    if {"users", "hosts", "config", "latency"} & only and os.geteuid() != 0:
+        parser.error("the sandbox sections need root (labctl sandbox); run as root or use --only guard")
+    repeat = args.repeat or (1 if args.quick else 3)
+    results = BENCH / "results" / ("quick" if args.quick else "")
+    results.mkdir(parents=True, exist_ok=True)
+    meta = dict(machine(), repeat=repeat, quick=args.quick, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    work = Path(tempfile.mkdtemp(prefix="metalab-bench-"))
+    sections: List[Dict[str, Any]] = []
+    try:
+        if "users" in only:
+            print("users: 1 host per user count ...", file=sys.stderr, flush=True)
+            (work / "users").mkdir()
+            sections.append(section_users(work / "users", repeat, args.quick))
+        if "hosts" in only or "config" in only:
+            print("hosts/config: a fleet of sandboxes ...", file=sys.stderr, flush=True)
+            (work / "fleet").mkdir()
+            sections += section_hosts(work / "fleet", repeat, args.quick, "config" in only, "hosts" in only)
+        if "latency" in only and not args.quick:
+            print("latency: converging the whole site on one sandbox (builds the runtime image) ...", file=sys.stderr)
+            (work / "latency").mkdir()
+            sections.append(section_latency(work / "latency", args.latency_repeat, repeat))
+        if "guard" in only:
+            sections.append(section_guard(work, 3 if args.quick else max(repeat, 5), results))
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        print(f"logs kept in {work}", file=sys.stderr)
+        return 1
+    finally:
+        meta["loadavg_end"] = list(os.getloadavg())
+    if args.keep_logs:
+        print(f"logs: {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print_table(sections)
+    for sec in sections:
+        path = results / f"{sec['section']}.json" if sec["section"] != "guard" else results / "guard-summary.json"
+        path.write_text(json.dumps(dict(sec, machine=meta), indent=2) + "\n")
+    # The summary covers every section file present, so `--only X` refreshes X and keeps the others.
+    summary: Dict[str, Any] = {"machine": meta, "sections": {}}
+    for name in SECTIONS:
+        path = results / (f"{name}.json" if name != "guard" else "guard-summary.json")
+        if path.exists():
+            data = json.loads(path.read_text())
+            summary["sections"][name] = {"started": data["machine"].get("started"), "targets": data["targets"]}
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {results}/*.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
