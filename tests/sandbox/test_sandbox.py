@@ -77,6 +77,7 @@ def test_vm_has_the_requested_nvme_namespace_and_a_quota_kernel(state_dir):
         assert int(size) == 2 * 1024**3
         assert " ".join(model) == "QEMU NVMe Ctrl"
         assert "CONFIG_QUOTA=y" in result.stdout
+        assert any("qemu-system-x86_64" in p for p in snapshot(state_dir)["processes"]), "the trace check sees the VM"
     finally:
         labctl("down", "sbx-vm")
     assert _wait_settled(state_dir, before) == before
