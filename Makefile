@@ -16,7 +16,7 @@ APT_PACKAGES := debootstrap systemd-container qemu-system-x86 qemu-utils tinypro
 SCENARIOS ?= default metal
 DEMO_NAME ?= demo
 
-.PHONY: help deps venv lint unit sandbox-tests molecule e2e bench test _test demo demo-down clean-sandboxes clean
+.PHONY: help deps venv forget-installed-collection lint unit sandbox-tests molecule e2e bench test _test demo demo-down clean-sandboxes clean
 
 help:
 	@echo "make demo       bring up a sandbox lab host, provision it, print how to reach it"
@@ -40,7 +40,12 @@ $(VENV)/.metalab-stamp: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
 
-lint: venv
+# molecule and ansible-lint install a copy of the collection under ~/.ansible; a copy left by an older
+# checkout would shadow this one, so it is removed first (the tools make a fresh one when they need it).
+forget-installed-collection:
+	rm -rf $(HOME)/.ansible/collections/ansible_collections/metalab .ansible/collections/ansible_collections/metalab
+
+lint: venv forget-installed-collection
 	yamllint -s .
 	ansible-lint
 	ruff check src plugins tests benchmarks
@@ -53,7 +58,7 @@ unit: venv
 sandbox-tests: deps venv
 	pytest -q tests/sandbox
 
-molecule: deps venv
+molecule: deps venv forget-installed-collection
 	for scenario in $(SCENARIOS); do molecule test -s $$scenario || exit 1; done
 
 # The browser tests (Playwright + Debian's chromium) run in the default scenario's verify step,

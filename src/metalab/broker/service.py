@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -28,6 +30,17 @@ from metalab.guard.policy import KINDS, WINDOW, Interval, budget_left, parse_dur
 from metalab.guard.sessions import Failure, Lab, Refused
 
 log = logging.getLogger("metalab.broker")
+
+
+def _listening(path: str) -> bool:
+    """Whether something accepts connections on the unix socket ``path`` (a stale socket file does not)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+        return True
+    except OSError:
+        return False
 
 
 class ApiError(Exception):
@@ -169,6 +182,12 @@ class Broker:
             now = time.time()
             user = lab.config.users.get(name)
             runtime = next((s for s in lab.status(now) if s["user"] == name), None)
+            rt = lab.config.runtime
+            sock = os.path.join(rt.socket_root, name, "jupyter.sock")
+            if runtime and runtime.get("state") == "running" and rt.engine == "podman" and not _listening(sock):
+                # The container runs, but JupyterLab is not listening yet: "Open JupyterLab" would only show the
+                # front door's error page. The portal page reloads itself while a runtime is starting.
+                runtime = dict(runtime, state="starting")
             kinds: Dict[str, Any] = {}
             if user is not None:
                 rows = lab.ledger.sessions_since(now - WINDOW, users=[name])

@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from metalab.guard.files import ensure_private_dir
-
 
 class TicketError(Exception):
     pass
@@ -44,7 +42,9 @@ def _unb64(text: str) -> bytes:
 
 def load_or_create_key(path: str) -> bytes:
     """32 random bytes in a root-only file, created on first use (kept across restarts: sessions survive them)."""
-    ensure_private_dir(os.path.dirname(path))
+    # The key's directory is /etc/metalab, which others read (portal.json): create it if missing, never chmod it;
+    # the key file itself is what stays root-only.
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as fh:
@@ -52,6 +52,8 @@ def load_or_create_key(path: str) -> bytes:
             fh.flush()
             os.fsync(fh.fileno())
     with open(path, encoding="ascii") as fh:
+        if os.fstat(fh.fileno()).st_mode & 0o077:
+            raise TicketError(f"{path}: others can read the ticket key; chmod 0600 it (or remove it for a new one)")
         key = bytes.fromhex(fh.read().strip())
     if len(key) < 32:
         raise TicketError(f"{path}: the ticket key is too short; remove the file to make a new one")

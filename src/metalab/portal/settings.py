@@ -31,6 +31,7 @@ class Settings:
 def parse_settings(data: Mapping[str, Any]) -> Settings:
     base = Settings()
     known = set(base.__dataclass_fields__)
+    data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment": the role's ansible_managed line
     unknown = set(data) - known
     if unknown:
         raise SettingsError(f"portal config: unknown keys {sorted(unknown)}; known: {sorted(known)}")

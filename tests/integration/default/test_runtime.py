@@ -82,14 +82,17 @@ def test_frontdoor_redirects_http_and_speaks_modern_tls_only(host):
 
 def test_not_running_page(host):
     root(host, "metalab-guard stop bob")
-    page = root(host, "curl -sk -w '\\n%{http_code}' https://localhost/user/bob/lab").stdout
+    auth = f"-H 'Authorization: token {token(host, 'bob')}'"
+    page = root(host, f"curl -sk {auth} -w '\\n%{{http_code}}' https://localhost/user/bob/lab").stdout
     assert page.endswith("503")
     assert "not running" in page
 
 
 def test_api_answers_with_the_users_token_only(host, alice):
     assert status_code(host, alice, token(host, alice)) == "200"
-    assert status_code(host, alice) == "403"
+    # Without a token: the portal's login page (no session) -- never the API.
+    assert status_code(host, alice) == "302"
+    assert "/login" in root(host, f"curl -sk -o /dev/null -w '%{{redirect_url}}' {STATUS.format(user=alice)}").stdout
     assert status_code(host, alice, token(host, "bob")) == "403"
 
 
