@@ -85,12 +85,15 @@ demo: deps venv
 	labctl session stop alice -i $(METALAB_CACHE)/demo-inventory.yml > /dev/null
 	labctl session start alice -i $(METALAB_CACHE)/demo-inventory.yml
 	@host=$$(labctl sandbox list --json | python3 -c 'import json,sys; print(next(s["ansible_host"] for s in json.load(sys.stdin) if s["name"] == "$(DEMO_NAME)"))'); \
+	password=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))'); \
+	echo "$$password" | labctl users passwd alice --stdin -i $(METALAB_CACHE)/demo-inventory.yml > /dev/null; \
 	token=$$(labctl session token alice -i $(METALAB_CACHE)/demo-inventory.yml); \
-	echo; echo "alice's JupyterLab (studio-lab-user) is running:"; \
-	echo "  URL:   https://$$host/user/alice/lab?token=$$token"; \
-	echo "  token: $$token"; \
-	echo "  (self-signed certificate; from another machine: ssh -L 8443:$$host:443 root@this-machine, then https://localhost:8443/...)"; \
-	echo "  host:  labctl sandbox list; make demo-down removes it"
+	echo; echo "alice's JupyterLab (studio-lab-user) is running on sandbox $(DEMO_NAME):"; \
+	echo "  portal:   https://$$host/  (log in as alice / $$password, then Open JupyterLab)"; \
+	echo "  API:      curl -k -H 'Authorization: token $$token' https://$$host/user/alice/api/status"; \
+	echo "  token:    $$token"; \
+	echo "  The certificate is self-signed. From another machine: ssh -L 8443:$$host:443 root@this-machine,"; \
+	echo "  then https://localhost:8443/. 'make demo-down' removes the sandbox."
 
 demo-down: venv
 	labctl sandbox down $(DEMO_NAME)
