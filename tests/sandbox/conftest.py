@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from metalab.sandbox.ssh import ssh_argv
+
 # The tools of the interpreter running the tests (the project venv), whatever PATH says.
 BIN = Path(sys.executable).parent
 os.environ["PATH"] = f"{BIN}:{os.environ.get('PATH', '')}"
@@ -42,6 +44,15 @@ def state_dir():
     else:
         os.environ["METALAB_SANDBOX_DIR"] = previous
     shutil.rmtree(directory, ignore_errors=True)
+
+
+def ssh(record: dict, command: str) -> subprocess.CompletedProcess[str]:
+    """Run a command on a sandbox as its admin, the way labctl's own readiness check reaches it."""
+    argv = ssh_argv(
+        record["ansible_host"], record["ansible_port"], record["ansible_user"],
+        Path(record["ansible_ssh_private_key_file"]),
+    )  # fmt: skip
+    return subprocess.run([*argv, command], capture_output=True, text=True, timeout=120, check=False)
 
 
 def up(name: str, *extra: str) -> dict:

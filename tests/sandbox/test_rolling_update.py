@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import labctl, up
+from conftest import labctl, ssh, up
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["bm1", "bm2", "bm3"]
@@ -35,15 +35,6 @@ def _roles(playbook: str) -> list:
 
 def test_rolling_update_applies_the_same_roles_as_site():
     assert _roles("rolling_update.yml") == _roles("site.yml")
-
-
-def _ssh(record: dict, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-         "-o", "BatchMode=yes", "-i", record["ansible_ssh_private_key_file"], "-p", str(record["ansible_port"]),
-         f"{record['ansible_user']}@{record['ansible_host']}", command],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
 
 
 def _playbook(playbook: str, *inventories: Path) -> subprocess.CompletedProcess[str]:
@@ -102,15 +93,15 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
         state = (
             "test -e /etc/metalab/drain && echo drained || echo open; getent passwd lab-dave >/dev/null && echo dave"
         )
-        assert _ssh(records["bm1"], state).stdout.split() == ["open", "dave"], "bm1: updated and undrained"
-        assert _ssh(records["bm2"], state).stdout.split() == ["drained"], "bm2: failed, still drained"
-        assert _ssh(records["bm3"], state).stdout.split() == ["open"], "bm3: untouched"
+        assert ssh(records["bm1"], state).stdout.split() == ["open", "dave"], "bm1: updated and undrained"
+        assert ssh(records["bm2"], state).stdout.split() == ["drained"], "bm2: failed, still drained"
+        assert ssh(records["bm3"], state).stdout.split() == ["open"], "bm3: untouched"
 
-        refused = _ssh(records["bm2"], "sudo metalab-guard start alice")
+        refused = ssh(records["bm2"], "sudo metalab-guard start alice")
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "host is being updated" in refused.stderr
         assert "rolling update" in refused.stderr
         # bm1 takes runtimes again (this start fails later for want of podman, which these tags skip).
-        assert "being updated" not in _ssh(records["bm1"], "sudo metalab-guard start alice").stderr
+        assert "being updated" not in ssh(records["bm1"], "sudo metalab-guard start alice").stderr
     finally:
         labctl("down", *NAMES, check=False)

@@ -7,7 +7,7 @@ import tempfile
 import time
 
 import pytest
-from conftest import labctl, up
+from conftest import labctl, ssh, up
 from traces import snapshot
 
 
@@ -18,15 +18,6 @@ def _wait_settled(state_dir, before, seconds=10):
         time.sleep(0.5)
         after = snapshot(state_dir)
     return after
-
-
-def _ssh(record: dict, command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["ssh", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-         "-o", "BatchMode=yes", "-i", record["ansible_ssh_private_key_file"], "-p", str(record["ansible_port"]),
-         f"{record['ansible_user']}@{record['ansible_host']}", command],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
 
 
 def test_two_nspawn_hosts_answer_ansible_and_leave_no_trace(state_dir):
@@ -53,7 +44,7 @@ def test_two_nspawn_hosts_answer_ansible_and_leave_no_trace(state_dir):
     assert ping.stdout.count("SUCCESS") == 2
 
     # The admin has sudo, as on a freshly installed server; systemd really runs.
-    result = _ssh(a, "sudo -n true && systemctl is-system-running --wait; hostname")
+    result = ssh(a, "sudo -n true && systemctl is-system-running --wait; hostname")
     assert result.stdout.split() == ["running", "sbx-a"], result.stdout + result.stderr
 
     during = snapshot(state_dir)
@@ -70,7 +61,7 @@ def test_vm_has_the_requested_nvme_namespace_and_a_quota_kernel(state_dir):
     vm = up("sbx-vm", "--vm", "--nvme-size", "2G")
     try:
         assert vm["kind"] == "vm" and vm["ansible_host"] == "127.0.0.1"
-        result = _ssh(vm, "lsblk -d -b -n -o NAME,SIZE,MODEL /dev/nvme0n1; grep -h '^CONFIG_QUOTA=' /boot/config-*")
+        result = ssh(vm, "lsblk -d -b -n -o NAME,SIZE,MODEL /dev/nvme0n1; grep -h '^CONFIG_QUOTA=' /boot/config-*")
         assert result.returncode == 0, result.stderr
         name, size, *model = result.stdout.splitlines()[0].split()
         assert name == "nvme0n1"
