@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -49,31 +50,20 @@ def run_and_report(
     mode = " (check mode: nothing changes)" if check else ""
     where = f" on {limit}" if limit else ""
     started = time.monotonic()
+
+    def run(on_event: Callable[[dict[str, Any]], None]) -> runner.RunResult:
+        return runner.run_playbook(
+            playbook, inventory=inventory, limit=limit, tags=tags, skip_tags=skip_tags, check=check,
+            model=model, on_event=on_event,
+        )  # fmt: skip
+
     if plain:
         click.echo(f"labctl: running {playbook}{where}{mode}")
-        result = runner.run_playbook(
-            playbook,
-            inventory=inventory,
-            limit=limit,
-            tags=tags,
-            skip_tags=skip_tags,
-            check=check,
-            model=model,
-            on_event=plain_event,
-        )
+        result = run(plain_event)
     else:
         console.print(f"[bold]labctl[/]: running {playbook}{where}{mode}")
         with Live(get_renderable=lambda: runner.progress_table(model), console=console, refresh_per_second=4):
-            result = runner.run_playbook(
-                playbook,
-                inventory=inventory,
-                limit=limit,
-                tags=tags,
-                skip_tags=skip_tags,
-                check=check,
-                model=model,
-                on_event=remember,
-            )
+            result = run(remember)
     code = result.exit_code
     if not model.finished:
         message = f"the run ended without a recap (ansible-runner status {result.status}, rc {result.rc})"

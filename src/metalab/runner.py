@@ -253,6 +253,13 @@ def playbook_path(name: str) -> Path:
     return path
 
 
+def ensure_tools_on_path() -> None:
+    """Put this interpreter's bin directory (the venv's ansible-playbook) first on PATH, activated or not."""
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def run_playbook(
     playbook: str,
     *,
@@ -282,10 +289,7 @@ def run_playbook(
             on_event(event)
         return True  # keep the event in the artifacts
 
-    # The venv's ansible-playbook, whether or not the venv is activated.
-    bindir = str(Path(sys.executable).parent)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    ensure_tools_on_path()
     cmdline = "--check --diff" if check else None
     # A fresh private data dir per run: ansible-runner reads env/cmdline, env/extravars... from it when they exist,
     # so a shared one would turn every run after a `--check` into a check run. Only the artifacts are kept.

@@ -9,9 +9,7 @@ host): one fan-out over all hosts for ``list`` and ``usage``, one host for the o
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any
 
 import click
 
-from metalab import collection, config, output
+from metalab import collection, config, output, runner
 
 MODULE = "metalab.lab.lab_session"
 EXIT_FAILED, EXIT_REFUSED = 1, 2
@@ -62,9 +60,7 @@ def run_module(args: dict[str, Any], *, inventory: str | None, hosts: str) -> di
     import ansible_runner  # slow import: only when something runs
 
     root = collection.root()
-    bindir = str(Path(sys.executable).parent)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    runner.ensure_tools_on_path()
     events: list[dict[str, Any]] = []
 
     def keep(event: dict[str, Any]) -> bool:
@@ -73,7 +69,7 @@ def run_module(args: dict[str, Any], *, inventory: str | None, hosts: str) -> di
 
     private = tempfile.mkdtemp(prefix="labctl-session.")
     try:
-        runner = ansible_runner.run(
+        job = ansible_runner.run(
             private_data_dir=private,
             host_pattern=hosts,
             module=MODULE,
@@ -88,7 +84,7 @@ def run_module(args: dict[str, Any], *, inventory: str | None, hosts: str) -> di
         if not results:
             tail = "".join(str(e.get("stdout", "")) + "\n" for e in events if e.get("stdout"))[-600:].strip()
             raise click.ClickException(
-                f"no host matched {hosts!r} or the run failed ({runner.status}): {tail or 'no output'}"
+                f"no host matched {hosts!r} or the run failed ({job.status}): {tail or 'no output'}"
             )
         return results
     finally:

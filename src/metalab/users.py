@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from metalab import collection, config, output
+from metalab import collection, config, output, runner
 
 HOSTS_FILES = ("hosts.yml", "hosts.yaml")
 TRUE = {"true", "yes", "y", "1", "on"}
@@ -498,14 +498,11 @@ def run_broker(
 ) -> dict[str, BrokerResult]:
     """``metalab-broker ARGS`` as root on ``hosts``; ``stdin`` reaches it through a file that is removed afterwards."""
     import shutil
-    import sys
 
     import ansible_runner  # slow import: only when something runs
 
     root = collection.root()
-    bindir = str(Path(sys.executable).parent)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+    runner.ensure_tools_on_path()
     events: list[dict[str, Any]] = []
 
     def keep(event: dict[str, Any]) -> bool:
@@ -532,7 +529,7 @@ def run_broker(
         }
         if base_url:
             extravars["metalab_base_url"] = base_url
-        runner = ansible_runner.run(
+        job = ansible_runner.run(
             private_data_dir=str(private),
             project_dir=str(project),
             playbook="broker.yml",
@@ -546,7 +543,7 @@ def run_broker(
         for error in errors:
             click.echo(f"labctl: {error}", err=True)
         if not results:
-            raise UsersError(f"metalab-broker did not run on {hosts!r} ({runner.status}); see the messages above")
+            raise UsersError(f"metalab-broker did not run on {hosts!r} ({job.status}); see the messages above")
         return results
     finally:
         shutil.rmtree(private, ignore_errors=True)
