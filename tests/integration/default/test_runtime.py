@@ -9,22 +9,12 @@ import json
 import time
 
 import pytest
+from conftest import ok, root
 
 STATUS = "https://localhost/user/{user}/api/status"
 SOCKET = "/run/metalab/sockets/{user}/jupyter.sock"
 CONTAINER = "metalab-{user}"
 SMALL_PACKAGE = "six"  # pure Python, tiny; fetched from PyPI through the proxy
-
-
-def root(host, cmd, *args):
-    with host.sudo():
-        return host.run(cmd, *args)
-
-
-def ok(host, cmd, *args):
-    result = root(host, cmd, *args)
-    assert result.rc == 0, f"{cmd % args if args else cmd}: rc={result.rc} {result.stderr} {result.stdout}"
-    return result.stdout
 
 
 def write_root_file(host, path, text):

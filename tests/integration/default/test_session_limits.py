@@ -11,21 +11,11 @@ import sqlite3  # noqa: F401 - the ledger is read on the host with python3's sql
 import time
 
 import pytest
+from conftest import ok, root
 
 CONFIG = "/etc/metalab/guard.json"
 HOME = "/srv/metalab/homes/alice"
 NOTICE = f"{HOME}/.metalab/session-notice.txt"
-
-
-def root(host, cmd, *args):
-    with host.sudo():
-        return host.run(cmd, *args)
-
-
-def ok(host, cmd, *args):
-    result = root(host, cmd, *args)
-    assert result.rc == 0, f"{cmd}: rc={result.rc} {result.stderr}"
-    return result.stdout
 
 
 def test_guard_installed_and_scheduled(host):
