@@ -184,6 +184,13 @@ class Run:
     rc: int
     recap: Dict[str, Dict[str, int]]
     log: Path
+    cpu_s: float = 0.0
+
+
+def cpu_busy_seconds() -> float:
+    """Busy CPU time of the whole machine so far: user, nice, system, irq, softirq, steal of /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields[i] for i in (0, 1, 2, 5, 6, 7) if i < len(fields)) / os.sysconf("SC_CLK_TCK")
 
 
 def playbook(
@@ -210,17 +217,18 @@ def playbook(
     if tags:
         argv += ["--tags", tags]
     env = clean_env(ANSIBLE_CONFIG=str(cfg), **(extra_env or {}))
-    t0 = time.perf_counter()
+    cpu0, t0 = cpu_busy_seconds(), time.perf_counter()
     with open(log, "w", encoding="utf-8") as fh:
         proc = subprocess.run(
             argv, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, timeout=timeout, check=False
         )
     seconds = time.perf_counter() - t0
+    cpu_s = cpu_busy_seconds() - cpu0
     text = log.read_text(encoding="utf-8", errors="replace")
     recap = {
         m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")} for m in RECAP.finditer(text)
     }
-    return Run(seconds=seconds, rc=proc.returncode, recap=recap, log=log)
+    return Run(seconds=seconds, rc=proc.returncode, recap=recap, log=log, cpu_s=cpu_s)
 
 
 def converge(f: Fleet, inventories: Sequence[Path], tags: Optional[str], label: str) -> float:
@@ -238,18 +246,30 @@ class Case:
     limit: Optional[str]
     cfg: Path
     hosts: int
+    env: Dict[str, str] = field(default_factory=dict)
+    config: str = ""
     times: List[float] = field(default_factory=list)
     changed: List[int] = field(default_factory=list)
+    cpu: List[float] = field(default_factory=list)
     slowest: List[Dict[str, Any]] = field(default_factory=list)
 
     def result(self) -> Dict[str, Any]:
         out = {
             "label": self.label,
             "hosts": self.hosts,
-            "config": "metalab" if self.cfg == METALAB_CFG else "ansible-defaults",
+            "config": self.config or ("metalab" if self.cfg == METALAB_CFG else "ansible-defaults"),
             **figure(self.times),
             "changed": self.changed,
         }
+        if self.cpu:
+            # CPU seconds the whole machine spent during the run (controller and lab hosts share it), and how
+            # busy its cores were: near 1.0 means the run was bound by this machine's cores, not by waiting.
+            cores = os.cpu_count() or 1
+            out["cpu_s_median"] = round(statistics.median(self.cpu), 2)
+            out["cpu_s_per_host"] = round(statistics.median(self.cpu) / self.hosts, 2)
+            out["cpu_busy_fraction"] = round(
+                statistics.median(c / (t * cores) for c, t in zip(self.cpu, self.times)), 2
+            )
         if self.slowest:
             out["slowest_tasks_last_run"] = self.slowest
         return out
@@ -260,11 +280,12 @@ def measure(f: Fleet, inventories: Sequence[Path], cases: List[Case], repeat: in
     for rep in range(repeat):
         for case in cases:
             slug = re.sub(r"[^a-z0-9]+", "-", case.label.lower()).strip("-")
-            run = playbook(inventories, case.cfg, f.workdir / f"{slug}-{rep}.log", limit=case.limit)
+            run = playbook(inventories, case.cfg, f.workdir / f"{slug}-{rep}.log", limit=case.limit, extra_env=case.env)
             failed = {h: r for h, r in run.recap.items() if r["failed"] or r["unreachable"]}
             if run.rc != 0 or failed:
                 raise BenchError(f"{case.label}: rerun failed (rc {run.rc}, {failed}); log {run.log}")
             case.times.append(run.seconds)
+            case.cpu.append(run.cpu_s)
             case.changed.append(sum(r["changed"] for r in run.recap.values()))
             profile = run.log.with_suffix(".profile.json")
             if profile.exists():
@@ -274,6 +295,20 @@ def measure(f: Fleet, inventories: Sequence[Path], cases: List[Case], repeat: in
                     for t in sorted(tasks, key=lambda t: -t["seconds"])[:10]
                 ]
             print(f"  {case.label:<34} run {rep + 1}/{repeat}: {run.seconds:6.1f} s", file=sys.stderr, flush=True)
+
+
+def mitogen() -> Dict[str, str]:
+    """The environment of labctl's --mitogen (metalab.runner.mitogen_env); empty when the extra is missing."""
+    sys.path.insert(0, str(REPO / "src"))
+    try:
+        from metalab.runner import MitogenNotInstalled, mitogen_env
+    finally:
+        sys.path.pop(0)
+    try:
+        return mitogen_env()
+    except MitogenNotInstalled as exc:
+        print(f"  Mitogen cases skipped: {exc}", file=sys.stderr)
+        return {}
 
 
 def defaults_cfg(workdir: Path) -> Path:
@@ -328,11 +363,25 @@ def section_hosts(work: Path, repeat: int, quick: bool, with_config: bool, with_
         cases = list(fleet_cases) if with_hosts else [fleet_cases[0], fleet_cases[-1]]
         default = defaults_cfg(work)
         config_cases: List[Tuple[Case, Case]] = []
+        mitogen_cases: List[Case] = []
         if with_config:
             for metalab_case in (fleet_cases[0], fleet_cases[-1]):
                 d = Case(f"{metalab_case.label}, Ansible defaults", metalab_case.limit, default, metalab_case.hosts)
                 config_cases.append((metalab_case, d))
                 cases.append(d)
+            env = mitogen()
+            if env:
+                for metalab_case in (fleet_cases[0], fleet_cases[-1]):
+                    m = Case(
+                        f"{metalab_case.label}, + Mitogen",
+                        metalab_case.limit,
+                        METALAB_CFG,
+                        metalab_case.hosts,
+                        env=env,
+                        config="metalab+mitogen",
+                    )
+                    mitogen_cases.append(m)
+                    cases.append(m)
         measure(f, inventories, cases, repeat)
     if with_hosts:
         r = ratio(fleet_cases[-1].result(), fleet_cases[0].result())
@@ -361,11 +410,30 @@ def section_hosts(work: Path, repeat: int, quick: bool, with_config: bool, with_
                     2.0,
                 )
             )
+        # The optional Mitogen extra (docs/performance.md) against the same defaults, reported beside the
+        # verdicts above, which are for metalab's ansible.cfg alone.
+        for m, (_metalab_case, d) in zip(mitogen_cases, config_cases):
+            results.append(m.result())
+            targets.append(
+                target(
+                    f"defaults vs metalab + Mitogen extra, {m.hosts} host(s)", ratio(d.result(), m.result()), ">=", 2.0
+                )
+            )
+        if len(mitogen_cases) == 2:
+            targets.append(
+                target(
+                    f"{mitogen_cases[1].hosts} hosts vs 1 host, metalab + Mitogen extra",
+                    ratio(mitogen_cases[1].result(), mitogen_cases[0].result()),
+                    "<=",
+                    3.0,
+                )
+            )
         out.append(
             {
                 "section": "config",
                 "tags": SUBSET_TAGS,
                 "defaults_cfg": DEFAULTS_CFG.format(repo="<repo>"),
+                "mitogen": "not installed (pip install 'metalab[mitogen]')" if not mitogen_cases else "0.3.54",
                 "cases": results,
                 "targets": targets,
             }
@@ -470,14 +538,15 @@ def target(what: str, value: float, op: str, bound: float) -> Dict[str, Any]:
 
 
 def print_table(sections: List[Dict[str, Any]]) -> None:
-    print(f"{'case':<44}{'median s':>10}{'min s':>9}{'max s':>9}  n  changed")
+    print(f"{'case':<44}{'median s':>10}{'min s':>9}{'max s':>9}{'cpu busy':>9}  n  changed")
     for sec in sections:
         tags = f" (site.yml --tags {sec['tags']})" if sec.get("tags") else ""
         print(f"[{sec['section']}]{tags}")
         for c in sec["cases"]:
             changed = ",".join(str(x) for x in c.get("changed", [])) or "-"
+            busy = f"{c['cpu_busy_fraction']:.0%}" if "cpu_busy_fraction" in c else "-"
             print(
-                f"  {c['label']:<42}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}"
+                f"  {c['label']:<42}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}{busy:>9}"
                 f"  {len(c['runs'])}  {changed}"
             )
     print()
