@@ -1,17 +1,13 @@
-"""Shared helpers for the GPU tests: import path for the collection, a fake sysfs tree, fixture reader."""
+"""Shared helpers for the GPU tests: a fake sysfs tree, fixture reader."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-if str(ROOT / "collections") not in sys.path:
-    sys.path.insert(0, str(ROOT / "collections"))
 
 
 def fixture_text(name: str) -> str:

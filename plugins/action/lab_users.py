@@ -1,0 +1,61 @@
+# Copyright: metalab contributors
+# Apache-2.0
+"""Action for metalab.lab.lab_users: ``validate_only`` runs on the controller.
+
+Validating the lab_users list is pure computation (plugins/module_utils/labusers.py), so the preflight tasks
+that only validate do it here, with the module's own code and messages, instead of a module call on every host
+(one SSH round trip each). Every other call runs the module on the host as usual.
+"""
+
+from __future__ import annotations
+
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+from ansible.plugins.action import ActionBase
+from ansible_collections.metalab.lab.plugins.module_utils.labusers import (
+    DEFAULT_UID_BASE,
+    DEFAULT_UID_COUNT,
+    validate_users,
+)
+
+# The options validate_only reads, with the module's types and defaults (plugins/modules/lab_users.py).
+SPEC = {
+    "users": {"type": "list", "elements": "raw", "required": True},
+    "prefix": {"type": "str", "default": "lab-"},
+    "default_quota": {"type": "str", "default": "15G"},
+    "volume_size": {"type": "int", "default": 0},
+    "uid_base": {"type": "int", "default": DEFAULT_UID_BASE},
+    "uid_count": {"type": "int", "default": DEFAULT_UID_COUNT},
+    "validate_only": {"type": "bool", "default": False},
+}
+
+
+class ActionModule(ActionBase):
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        args = self._task.args
+        validated = ArgumentSpecValidator(SPEC).validate({k: v for k, v in args.items() if k in SPEC})
+        if validated.error_messages or not validated.validated_parameters.get("validate_only"):
+            # Not a pure validation (or arguments the module itself should report on): run the module.
+            result.update(self._execute_module(module_args=dict(args), task_vars=task_vars))
+            return result
+        p = validated.validated_parameters
+        checked = validate_users(
+            p["users"],
+            default_quota=p["default_quota"],
+            prefix=p["prefix"],
+            volume_size=p["volume_size"] or None,
+            uid_base=p["uid_base"],
+            uid_count=p["uid_count"],
+        )
+        for warning in checked["warnings"]:
+            self._display.warning(warning)
+        if checked["errors"]:
+            result.update(
+                failed=True,
+                changed=False,
+                msg="invalid lab_users, nothing changed: " + "; ".join(checked["errors"]),
+                errors=checked["errors"],
+            )
+            return result
+        result.update(changed=False, users=checked["users"], archives=[], warnings_list=checked["warnings"])
+        return result
