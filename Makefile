@@ -15,6 +15,24 @@ APT_PACKAGES := debootstrap systemd-container qemu-system-x86 qemu-utils tinypro
 	openssh-client e2fsprogs rsync curl ca-certificates chromium fonts-dejavu-core
 SCENARIOS ?= default metal
 DEMO_NAME ?= demo
+# MITOGEN=1: the sandbox, molecule and e2e targets run Ansible with Mitogen for Ansible's strategy (the optional
+# extra, installed in the venv). The variables are computed by the venv's python when the recipe runs (the venv
+# may not exist yet when make starts), with metalab.runner.mitogen_env, the helper labctl --mitogen uses.
+MITOGEN ?=
+define MITOGEN_PY
+import shlex, sys
+from metalab import runner
+try:
+    env = runner.mitogen_env()
+except runner.MitogenNotInstalled as exc:
+    sys.exit(f"MITOGEN=1: {exc}")
+print(" ".join(f"export {k}={shlex.quote(v)};" for k, v in env.items()))
+endef
+ifeq ($(MITOGEN),1)
+export MITOGEN_PY
+WITH_MITOGEN = exports=$$($(VENV)/bin/python -c "$$MITOGEN_PY"); eval "$$exports"; \
+	echo "MITOGEN=1: ANSIBLE_STRATEGY=$$ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS=$$ANSIBLE_STRATEGY_PLUGINS";
+endif
 
 .PHONY: help deps venv forget-installed-collection lint unit sandbox-tests molecule e2e bench test _test demo demo-down clean-sandboxes clean
 
@@ -24,6 +42,7 @@ help:
 	@echo "make test       everything CI runs: lint, unit, sandbox, molecule ($(SCENARIOS)) with browser end to end"
 	@echo "make lint | unit | sandbox-tests | molecule | e2e   one layer"
 	@echo "make bench      benchmarks (BENCH_ARGS=--quick for a short run)"
+	@echo "MITOGEN=1       sandbox-tests, molecule, e2e (and test) run Ansible with Mitogen for Ansible"
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -37,7 +56,7 @@ venv: $(VENV)/.metalab-stamp
 $(VENV)/.metalab-stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,mitogen]'
 	touch $@
 
 # molecule and ansible-lint install a copy of the collection under ~/.ansible; a copy left by an older
@@ -56,15 +75,15 @@ unit: venv
 	pytest -q tests/unit
 
 sandbox-tests: deps venv
-	pytest -q tests/sandbox
+	$(WITH_MITOGEN) pytest -q tests/sandbox
 
 molecule: deps venv forget-installed-collection
-	for scenario in $(SCENARIOS); do molecule test -s $$scenario || exit 1; done
+	$(WITH_MITOGEN) for scenario in $(SCENARIOS); do molecule test -s $$scenario || exit 1; done
 
 # The browser tests (Playwright + Debian's chromium) run in the default scenario's verify step,
 # against the lab host that scenario converged: this target runs just that scenario.
 e2e: deps venv
-	molecule test -s default
+	$(WITH_MITOGEN) molecule test -s default
 
 # Reproducible performance runs: a table on stdout, JSON under benchmarks/results/ (not part of `make test`).
 bench: deps venv

@@ -1,13 +1,14 @@
 """labctl settings and shell completion.
 
 Settings come from, highest first: a command-line flag, an environment variable
-(``METALAB_INVENTORY``, ``METALAB_OUTPUT``), the config file
+(``METALAB_INVENTORY``, ``METALAB_OUTPUT``, ``METALAB_MITOGEN``), the config file
 (``$METALAB_CONFIG``, else ``~/.config/metalab/labctl.toml``), then the default.
 
 Config file (TOML; a relative inventory path is relative to the file)::
 
     inventory = "~/lab/inventory/hosts.yml"
     output = "table"        # table | json | csv
+    mitogen = false         # run playbooks with Mitogen for Ansible (the optional extra)
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import click
 import tomllib
 
 OUTPUT_FORMATS = ("table", "json", "csv")
+SETTINGS = ("inventory", "output", "mitogen")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
 class ConfigError(click.ClickException):
@@ -43,9 +47,9 @@ def load_file(path: Path | None = None) -> dict[str, Any]:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    unknown = sorted(set(data) - {"inventory", "output"})
+    unknown = sorted(set(data) - set(SETTINGS))
     if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} (known: inventory, output)")
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(SETTINGS)})")
     if "inventory" in data:
         inv = Path(str(data["inventory"])).expanduser()
         data["inventory"] = str(inv if inv.is_absolute() else (path.parent / inv))
@@ -95,6 +99,26 @@ def output_format(flag: str | None) -> str:
     if value not in OUTPUT_FORMATS:
         raise ConfigError(f"output {value!r} (from {setting.source}) is not one of {', '.join(OUTPUT_FORMATS)}")
     return value
+
+
+def mitogen(flag: bool | None) -> bool:
+    """Whether playbooks run with Mitogen for Ansible: --mitogen/--no-mitogen > METALAB_MITOGEN > file > off."""
+    if flag is not None:
+        return flag
+    env = os.environ.get("METALAB_MITOGEN")
+    if env:
+        value, source = env, "METALAB_MITOGEN"
+    else:
+        data = load_file()
+        if "mitogen" not in data:
+            return False
+        if isinstance(data["mitogen"], bool):
+            return data["mitogen"]
+        value, source = str(data["mitogen"]), f"mitogen in {config_path()}"
+    word = value.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ConfigError(f"{source} = {value!r} is not a boolean (use 1/0, true/false, yes/no)")
+    return word in _TRUE
 
 
 # --- shell completion (click's built-in; `labctl completion SHELL` prints the script) ------------------------

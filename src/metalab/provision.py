@@ -22,8 +22,12 @@ def run_and_report(
     skip_tags: str | None = None,
     check: bool = False,
     plain: bool = False,
+    mitogen: bool | None = None,
 ) -> int:
-    """Run ``playbook``, show progress and the summary; return the exit code (see metalab.runner)."""
+    """Run ``playbook``, show progress and the summary; return the exit code (see metalab.runner).
+
+    ``mitogen``: run with Mitogen for Ansible; None = the labctl setting (METALAB_MITOGEN, config file; off).
+    """
     from rich.console import Console
     from rich.live import Live
 
@@ -47,14 +51,21 @@ def run_and_report(
         runner.playbook_path(playbook)
     except (FileNotFoundError, RuntimeError) as exc:
         raise click.ClickException(str(exc)) from exc
+    use_mitogen = config.mitogen(mitogen)
+    if use_mitogen:
+        try:
+            runner.mitogen_env()  # fail before anything runs, naming the fix
+        except runner.MitogenNotInstalled as exc:
+            raise click.ClickException(str(exc)) from exc
     mode = " (check mode: nothing changes)" if check else ""
+    mode += " with Mitogen" if use_mitogen else ""
     where = f" on {limit}" if limit else ""
     started = time.monotonic()
 
     def run(on_event: Callable[[dict[str, Any]], None]) -> runner.RunResult:
         return runner.run_playbook(
             playbook, inventory=inventory, limit=limit, tags=tags, skip_tags=skip_tags, check=check,
-            model=model, on_event=on_event,
+            model=model, on_event=on_event, mitogen=use_mitogen,
         )  # fmt: skip
 
     if plain:
@@ -103,6 +114,11 @@ def run_and_report(
 @click.option("--check", is_flag=True, help="Dry run: report what would change, change nothing.")
 @click.option("--plain", is_flag=True, help="Line output instead of the live table (automatic when not a terminal).")
 @click.option("--playbook", default="site", show_default=True, help="Playbook of the collection to run.")
+@click.option(
+    "--mitogen/--no-mitogen",
+    default=None,
+    help="Run with Mitogen for Ansible (optional extra: pip install 'metalab[mitogen]') [env: METALAB_MITOGEN].",
+)
 def cli(
     inventory: str | None,
     limit: str | None,
@@ -111,6 +127,7 @@ def cli(
     check: bool,
     plain: bool,
     playbook: str,
+    mitogen: bool | None,
 ) -> None:
     """Provision the lab: run a playbook of metalab.lab on the inventory's hosts.
 
@@ -130,5 +147,6 @@ def cli(
             skip_tags=skip_tags,
             check=check,
             plain=plain,
+            mitogen=mitogen,
         )
     )

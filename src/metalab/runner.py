@@ -14,6 +14,7 @@ Exit codes (``labctl provision`` and everything that runs a playbook):
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -260,6 +261,37 @@ def ensure_tools_on_path() -> None:
         os.environ["PATH"] = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+MITOGEN_INSTALL_HINT = "pip install 'metalab[mitogen]'"
+# Mitogen's drop-in for Ansible's linear strategy: same task order, modules run in a persistent interpreter per host.
+MITOGEN_STRATEGY = "mitogen_linear"
+
+
+class MitogenNotInstalled(RuntimeError):
+    pass
+
+
+def mitogen_env() -> dict[str, str]:
+    """The environment that makes ansible-playbook use Mitogen for Ansible (the optional ``mitogen`` extra).
+
+    ``ANSIBLE_STRATEGY_PLUGINS`` points at the installed ``ansible_mitogen`` package's strategy plugins (ahead of
+    any the caller already set) and ``ANSIBLE_STRATEGY`` selects its linear strategy. Raises MitogenNotInstalled,
+    naming the fix, when this interpreter cannot import ansible_mitogen.
+    """
+    spec = importlib.util.find_spec("ansible_mitogen")  # locates the package without importing Ansible
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    strategies = [Path(p) / "plugins" / "strategy" for p in locations]
+    found = next((d for d in strategies if (d / f"{MITOGEN_STRATEGY}.py").is_file()), None)
+    if found is None:
+        where = ""
+        if locations:  # installed, but not the layout this helper knows (a broken or unexpected version)
+            where = f" (ansible_mitogen at {locations[0]} has no plugins/strategy/{MITOGEN_STRATEGY}.py)"
+        raise MitogenNotInstalled(
+            f"Mitogen for Ansible is not installed for {sys.executable}{where}: {MITOGEN_INSTALL_HINT}"
+        )
+    paths = [str(found), *(p for p in os.environ.get("ANSIBLE_STRATEGY_PLUGINS", "").split(os.pathsep) if p)]
+    return {"ANSIBLE_STRATEGY_PLUGINS": os.pathsep.join(dict.fromkeys(paths)), "ANSIBLE_STRATEGY": MITOGEN_STRATEGY}
+
+
 def run_playbook(
     playbook: str,
     *,
@@ -272,12 +304,20 @@ def run_playbook(
     on_event: Callable[[dict[str, Any]], None] | None = None,
     model: ProgressModel | None = None,
     keep_artifacts: int = 30,
+    mitogen: bool = False,
 ) -> RunResult:
-    """Run a playbook of the collection; every event goes to ``model`` and then ``on_event``."""
+    """Run a playbook of the collection; every event goes to ``model`` and then ``on_event``.
+
+    ``mitogen``: run it with Mitogen for Ansible's strategy (see mitogen_env); raises MitogenNotInstalled before
+    anything runs when it is not installed.
+    """
     import ansible_runner  # slow import: only when something runs
 
     root = collection.root()
     path = playbook_path(playbook)
+    envvars = {"ANSIBLE_CONFIG": str(root / "ansible.cfg")}
+    if mitogen:
+        envvars.update(mitogen_env())
     model = model or ProgressModel()
     artifacts = cache_dir() / "runner" / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -305,7 +345,7 @@ def run_playbook(
             skip_tags=skip_tags or None,
             cmdline=cmdline,
             extravars=dict(extravars) if extravars else None,
-            envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg")},
+            envvars=envvars,
             suppress_env_files=True,
             ident=ident,
             event_handler=handler,
