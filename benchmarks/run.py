@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -185,6 +186,7 @@ class Run:
     recap: Dict[str, Dict[str, int]]
     log: Path
     cpu_s: float = 0.0
+    controller_cpu_s: float = 0.0
 
 
 def cpu_busy_seconds() -> float:
@@ -217,6 +219,7 @@ def playbook(
     if tags:
         argv += ["--tags", tags]
     env = clean_env(ANSIBLE_CONFIG=str(cfg), **(extra_env or {}))
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu0, t0 = cpu_busy_seconds(), time.perf_counter()
     with open(log, "w", encoding="utf-8") as fh:
         proc = subprocess.run(
@@ -224,11 +227,17 @@ def playbook(
         )
     seconds = time.perf_counter() - t0
     cpu_s = cpu_busy_seconds() - cpu0
+    # ansible-playbook and everything it waited for (workers, ssh clients): the controller's share. The lab
+    # hosts' processes (sshd, sudo, python on the host) are not its children: they are the rest of cpu_s.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    controller_cpu_s = (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
     text = log.read_text(encoding="utf-8", errors="replace")
     recap = {
         m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")} for m in RECAP.finditer(text)
     }
-    return Run(seconds=seconds, rc=proc.returncode, recap=recap, log=log, cpu_s=cpu_s)
+    return Run(
+        seconds=seconds, rc=proc.returncode, recap=recap, log=log, cpu_s=cpu_s, controller_cpu_s=controller_cpu_s
+    )
 
 
 def converge(f: Fleet, inventories: Sequence[Path], tags: Optional[str], label: str) -> float:
@@ -251,6 +260,7 @@ class Case:
     times: List[float] = field(default_factory=list)
     changed: List[int] = field(default_factory=list)
     cpu: List[float] = field(default_factory=list)
+    controller_cpu: List[float] = field(default_factory=list)
     slowest: List[Dict[str, Any]] = field(default_factory=list)
 
     def result(self) -> Dict[str, Any]:
@@ -267,6 +277,10 @@ class Case:
             cores = os.cpu_count() or 1
             out["cpu_s_median"] = round(statistics.median(self.cpu), 2)
             out["cpu_s_per_host"] = round(statistics.median(self.cpu) / self.hosts, 2)
+            if self.controller_cpu:
+                controller = statistics.median(self.controller_cpu)
+                out["controller_cpu_s_median"] = round(controller, 2)
+                out["host_side_cpu_s_per_host"] = round((statistics.median(self.cpu) - controller) / self.hosts, 2)
             out["cpu_busy_fraction"] = round(
                 statistics.median(c / (t * cores) for c, t in zip(self.cpu, self.times)), 2
             )
@@ -286,6 +300,7 @@ def measure(f: Fleet, inventories: Sequence[Path], cases: List[Case], repeat: in
                 raise BenchError(f"{case.label}: rerun failed (rc {run.rc}, {failed}); log {run.log}")
             case.times.append(run.seconds)
             case.cpu.append(run.cpu_s)
+            case.controller_cpu.append(run.controller_cpu_s)
             case.changed.append(sum(r["changed"] for r in run.recap.values()))
             profile = run.log.with_suffix(".profile.json")
             if profile.exists():
@@ -538,15 +553,16 @@ def target(what: str, value: float, op: str, bound: float) -> Dict[str, Any]:
 
 
 def print_table(sections: List[Dict[str, Any]]) -> None:
-    print(f"{'case':<44}{'median s':>10}{'min s':>9}{'max s':>9}{'cpu busy':>9}  n  changed")
+    print(f"{'case':<44}{'median s':>10}{'min s':>9}{'max s':>9}{'cpu busy':>9}{'ctl cpu s':>10}  n  changed")
     for sec in sections:
         tags = f" (site.yml --tags {sec['tags']})" if sec.get("tags") else ""
         print(f"[{sec['section']}]{tags}")
         for c in sec["cases"]:
             changed = ",".join(str(x) for x in c.get("changed", [])) or "-"
             busy = f"{c['cpu_busy_fraction']:.0%}" if "cpu_busy_fraction" in c else "-"
+            ctl = f"{c['controller_cpu_s_median']:.1f}" if "controller_cpu_s_median" in c else "-"
             print(
-                f"  {c['label']:<42}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}{busy:>9}"
+                f"  {c['label']:<42}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}{busy:>9}{ctl:>10}"
                 f"  {len(c['runs'])}  {changed}"
             )
     print()
