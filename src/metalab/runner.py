@@ -315,7 +315,14 @@ def run_playbook(
 
     root = collection.root()
     path = playbook_path(playbook)
-    envvars = {"ANSIBLE_CONFIG": str(root / "ansible.cfg")}
+    # ansible-runner would point the fact cache at this run's artifacts (a fresh, empty cache every run: facts
+    # gathered at every provision). labctl keeps one cache across runs instead, like ansible.cfg's for
+    # ansible-playbook (docs/performance.md), under its own cache directory.
+    envvars = {
+        "ANSIBLE_CONFIG": str(root / "ansible.cfg"),
+        "ANSIBLE_CACHE_PLUGIN": "jsonfile",
+        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(cache_dir() / "facts"),
+    }
     if mitogen:
         envvars.update(mitogen_env())
     model = model or ProgressModel()
@@ -350,6 +357,7 @@ def run_playbook(
             ident=ident,
             event_handler=handler,
             rotate_artifacts=keep_artifacts,
+            fact_cache_type="ansible.cfg",  # anything but "jsonfile": ansible-runner leaves the cache settings alone
             quiet=True,
         )
     return RunResult(model=model, artifacts=artifacts / ident, status=runner.status, rc=runner.rc)

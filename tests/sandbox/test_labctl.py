@@ -216,6 +216,26 @@ def site_host(state_dir: Path, cache: Path, tmp_path_factory: pytest.TempPathFac
         labctl("down", "lcs", check=False)
 
 
+def cached_facts(cache: Path, host: str) -> dict[str, Any]:
+    """The facts labctl cached for host: in its own cache directory, kept from one run to the next."""
+    (path,) = [p for p in (cache / "facts").glob("*" + host) if p.name == host or p.name.endswith("_" + host)]
+    data = json.loads(path.read_text())
+    payload = data.get("__payload__", data)  # ansible-core 2.19 wraps the facts in a serialised payload
+    return json.loads(payload) if isinstance(payload, str) else payload
+
+
+def test_provision_gathers_and_caches_only_the_facts_the_roles_read(site_host, cache):
+    """The plays' gather_subset is in effect (ansible.cfg's setting is ignored since ansible-core 2.18), and the
+    facts outlive the run (ansible-runner's default is a fresh cache per run: gathering at every provision)."""
+    facts = cached_facts(cache, "lcs")
+    for needed in ("ansible_distribution", "ansible_distribution_major_version", "ansible_os_family",
+                   "ansible_pkg_mgr", "ansible_service_mgr", "ansible_architecture"):  # fmt: skip
+        assert needed in facts, f"{needed} missing from the cached facts"
+    slow = {"ansible_devices", "ansible_mounts", "ansible_interfaces", "ansible_env", "ansible_virtualization_type"}
+    assert not slow & set(facts), f"facts gathered that no role reads: {sorted(slow & set(facts))}"
+    assert len(json.dumps(facts)) < 8000
+
+
 def test_users_add_keeps_comments_and_apply_creates_the_account(site_host, cache):
     """~1.5 min: add (file diffed), refuse bad input untouched, --apply; remove --apply archives and removes."""
     inventory = site_host["inventory"]

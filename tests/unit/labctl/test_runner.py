@@ -177,3 +177,36 @@ def test_each_run_gets_a_fresh_private_data_dir(monkeypatch: pytest.MonkeyPatch,
     assert not Path(two["private_data_dir"]).exists(), "the private data dir is removed after the run"
     assert Path(one["artifact_dir"]) == tmp_path / "cache" / "runner" / "artifacts"
     assert first.artifacts.parent == second.artifacts.parent == tmp_path / "cache" / "runner" / "artifacts"
+
+
+def test_facts_are_cached_across_runs_not_per_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ansible-runner points the fact cache at each run's artifacts unless told otherwise: every provision then
+    gathered facts again. The real RunnerConfig, given labctl's arguments, must keep labctl's cache directory."""
+    import sys
+    import types
+
+    from ansible_runner.config.runner import RunnerConfig
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setitem(
+        sys.modules,
+        "ansible_runner",
+        types.SimpleNamespace(run=lambda **kw: calls.append(kw) or types.SimpleNamespace(status="successful", rc=0)),
+    )
+    monkeypatch.setenv("METALAB_CACHE", str(tmp_path / "cache"))
+    runner.run_playbook("site")
+    (kwargs,) = calls
+    private = tmp_path / "private"
+    private.mkdir()
+    config = RunnerConfig(
+        private_data_dir=str(private),
+        artifact_dir=kwargs["artifact_dir"],
+        playbook=kwargs["playbook"],
+        envvars=kwargs["envvars"],
+        fact_cache_type=kwargs["fact_cache_type"],
+        ident=kwargs["ident"],
+        suppress_env_files=True,
+    )
+    config.prepare()
+    assert config.env["ANSIBLE_CACHE_PLUGIN"] == "jsonfile"
+    assert config.env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] == str(tmp_path / "cache" / "facts")
