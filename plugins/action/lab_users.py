@@ -14,7 +14,9 @@ from ansible.plugins.action import ActionBase
 from ansible_collections.metalab.lab.plugins.module_utils.labusers import (
     DEFAULT_UID_BASE,
     DEFAULT_UID_COUNT,
-    validate_users,
+    invalid_message,
+    validate_params,
+    validated_result,
 )
 
 # The options validate_only reads, with the module's types and defaults (plugins/modules/lab_users.py).
@@ -38,24 +40,11 @@ class ActionModule(ActionBase):
             # Not a pure validation (or arguments the module itself should report on): run the module.
             result.update(self._execute_module(module_args=dict(args), task_vars=task_vars))
             return result
-        p = validated.validated_parameters
-        checked = validate_users(
-            p["users"],
-            default_quota=p["default_quota"],
-            prefix=p["prefix"],
-            volume_size=p["volume_size"] or None,
-            uid_base=p["uid_base"],
-            uid_count=p["uid_count"],
-        )
+        checked = validate_params(validated.validated_parameters)
         for warning in checked["warnings"]:
             self._display.warning(warning)
         if checked["errors"]:
-            result.update(
-                failed=True,
-                changed=False,
-                msg="invalid lab_users, nothing changed: " + "; ".join(checked["errors"]),
-                errors=checked["errors"],
-            )
+            result.update(failed=True, changed=False, msg=invalid_message(checked["errors"]), errors=checked["errors"])
             return result
-        result.update(changed=False, users=checked["users"], archives=[], warnings_list=checked["warnings"])
+        result.update(validated_result(checked))
         return result

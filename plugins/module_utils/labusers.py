@@ -217,6 +217,27 @@ def validate_users(
     return {"users": users, "errors": errors, "warnings": warnings}
 
 
+def validate_params(p: Mapping[str, Any]) -> Dict[str, Any]:
+    """validate_users with the lab_users module's parameters (the module and its action plugin share it)."""
+    return validate_users(
+        p["users"],
+        default_quota=p["default_quota"],
+        prefix=p["prefix"],
+        volume_size=p["volume_size"] or None,
+        uid_base=p["uid_base"],
+        uid_count=p["uid_count"],
+    )
+
+
+def invalid_message(errors: List[str]) -> str:
+    return "invalid lab_users, nothing changed: " + "; ".join(errors)
+
+
+def validated_result(checked: Dict[str, Any]) -> Dict[str, Any]:
+    """The result of a run that only validated (validate_only) or found nothing to do yet."""
+    return {"changed": False, "users": checked["users"], "archives": [], "warnings_list": checked["warnings"]}
+
+
 def parse_passwd(text: str) -> Dict[str, Dict[str, Any]]:
     """``getent passwd`` -> login -> {uid, gid, comment, home, shell}."""
     accounts: Dict[str, Dict[str, Any]] = {}

@@ -127,10 +127,12 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.metalab.lab.plugins.module_utils.labusers import (  # noqa: E402
     PRIVILEGED_GROUPS,
     allocate_uids,
+    invalid_message,
     parse_group,
     parse_passwd,
     plan_users,
-    validate_users,
+    validate_params,
+    validated_result,
 )
 from ansible_collections.metalab.lab.plugins.module_utils.quota import (  # noqa: E402
     parse_repquota,
@@ -302,23 +304,13 @@ class LabUsers:
 
     def apply(self):
         p = self.p
-        checked = validate_users(
-            p["users"],
-            default_quota=p["default_quota"],
-            prefix=p["prefix"],
-            volume_size=p["volume_size"] or None,
-            uid_base=p["uid_base"],
-            uid_count=p["uid_count"],
-        )
+        checked = validate_params(p)
         for warning in checked["warnings"]:
             self.module.warn(warning)
         if checked["errors"]:
-            self.module.fail_json(
-                msg="invalid lab_users, nothing changed: " + "; ".join(checked["errors"]),
-                errors=checked["errors"],
-            )
+            self.module.fail_json(msg=invalid_message(checked["errors"]), errors=checked["errors"])
         users = checked["users"]
-        base = {"changed": False, "users": users, "archives": [], "warnings_list": checked["warnings"]}
+        base = validated_result(checked)
         if p["validate_only"]:
             self.module.exit_json(**base)
 

@@ -59,3 +59,13 @@ def up(name: str, *extra: str) -> dict:
     result = labctl("up", name, "--json", *extra, check=False)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """ansible-playbook's PLAY RECAP as {host: {ok, changed, unreachable, failed, ...}}."""
+    hosts = {}
+    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
+        parts = line.split()
+        if len(parts) > 2 and parts[1] == ":":
+            hosts[parts[0]] = {k: int(v) for k, v in (p.split("=") for p in parts[2:] if "=" in p)}
+    return hosts

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LABCTL, labctl, ssh, up
+from conftest import LABCTL, labctl, recap, ssh, up
 
 from metalab import runner
 
@@ -52,15 +52,6 @@ def _playbook(inventory: Path) -> subprocess.CompletedProcess[str]:
     env = {**_without_strategy(), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
     env.update(_mitogen_env())
     return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, cwd=REPO, env=env)
-
-
-def _recap(output: str) -> dict:
-    hosts = {}
-    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
-        parts = line.split()
-        if len(parts) > 2 and parts[1] == ":":
-            hosts[parts[0]] = {k: int(v) for k, v in (p.split("=") for p in parts[2:] if "=" in p)}
-    return hosts
 
 
 def _sudo_commands(record: dict, since: float, until: float) -> list[str]:
@@ -98,7 +89,7 @@ def lab(state_dir, tmp_path_factory):
         first = _playbook(path)
         until = time.time()
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
-        assert _recap(first.stdout)[NAME]["failed"] == 0
+        assert recap(first.stdout)[NAME]["failed"] == 0
         yield {"record": record, "inventory": path, "tmp": tmp, "converged": (since, until)}
     finally:
         labctl("down", NAME, check=False)
@@ -115,8 +106,8 @@ def test_second_run_changes_nothing(lab):
     since = time.time()
     result = _playbook(lab["inventory"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    recap = _recap(result.stdout)[NAME]
-    assert recap["changed"] == 0 and recap["failed"] == 0, recap
+    totals = recap(result.stdout)[NAME]
+    assert totals["changed"] == 0 and totals["failed"] == 0, totals
     _assert_through_mitogen(lab["record"], since, time.time())
 
 

@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import labctl, ssh, up
+from conftest import labctl, recap, ssh, up
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = ["bm1", "bm2", "bm3"]
@@ -48,15 +48,6 @@ def _playbook(playbook: str, *inventories: Path) -> subprocess.CompletedProcess[
     )  # fmt: skip
 
 
-def _recap(output: str) -> dict:
-    hosts = {}
-    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
-        parts = line.split()
-        if len(parts) > 2 and parts[1] == ":":
-            hosts[parts[0]] = {k: int(v) for k, v in (p.split("=") for p in parts[2:] if "=" in p)}
-    return hosts
-
-
 def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, tmp_path):
     try:
         records = {name: up(name) for name in NAMES}
@@ -84,10 +75,10 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
         result = _playbook("rolling_update.yml", sandboxes, lab, update)
         output = result.stdout + result.stderr
         assert result.returncode != 0, output[-3000:]
-        recap = _recap(result.stdout)
-        assert recap["bm1"]["failed"] == 0 and recap["bm1"]["changed"] > 0, recap
-        assert recap["bm2"]["failed"] == 1, recap
-        assert "bm3" not in recap, "the play must stop after the failing batch"
+        totals = recap(result.stdout)
+        assert totals["bm1"]["failed"] == 0 and totals["bm1"]["changed"] > 0, totals
+        assert totals["bm2"]["failed"] == 1, totals
+        assert "bm3" not in totals, "the play must stop after the failing batch"
         assert "Not A Valid Name" in output
 
         state = (
