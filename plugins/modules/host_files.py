@@ -271,10 +271,7 @@ def apply(module, entries):
                 diffs.append({"before_header": path, "after_header": path, "before": before, "after": after})
                 changed = True
                 if not module.check_mode:
-                    st = os.stat(path)
-                    _write(module, path, after)
-                    os.chown(path, st.st_uid, st.st_gid)
-                    os.chmod(path, stat.S_IMODE(st.st_mode))
+                    _write(module, path, after)  # atomic_move keeps the file's owner and mode
         if changed:
             changed_paths.append(path)
     return changed_paths, diffs

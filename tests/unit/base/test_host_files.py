@@ -124,7 +124,7 @@ PAM = "#%PAM-1.0\n@include common-auth\n@include common-account\nsession require
 def test_line_is_inserted_once_after_the_anchor_and_keeps_the_file_mode(run, tmp_path):
     pam = tmp_path / "cron"
     pam.write_text(PAM)
-    os.chmod(pam, 0o600)
+    os.chmod(pam, 0o640)  # not 0600: the temporary file is made 0600
     entry = {
         "path": str(pam),
         "state": "line",
@@ -136,7 +136,7 @@ def test_line_is_inserted_once_after_the_anchor_and_keeps_the_file_mode(run, tmp
     lines = pam.read_text().splitlines()
     assert lines[3] == "account    required   pam_access.so"
     assert lines[2] == "@include common-account" and lines[4] == "session required pam_loginuid.so"
-    assert mode_of(pam) == 0o600
+    assert mode_of(pam) == 0o640
     assert run([entry]).result["changed"] is False
     assert pam.read_text().count("pam_access") == 1
 
