@@ -12,30 +12,20 @@ from __future__ import annotations
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible_collections.metalab.lab.plugins.module_utils.labusers import (
-    DEFAULT_UID_BASE,
-    DEFAULT_UID_COUNT,
+    VALIDATION_SPEC,
     invalid_message,
     validate_params,
     validated_result,
 )
-
-# The options validate_only reads, with the module's types and defaults (plugins/modules/lab_users.py).
-SPEC = {
-    "users": {"type": "list", "elements": "raw", "required": True},
-    "prefix": {"type": "str", "default": "lab-"},
-    "default_quota": {"type": "str", "default": "15G"},
-    "volume_size": {"type": "int", "default": 0},
-    "uid_base": {"type": "int", "default": DEFAULT_UID_BASE},
-    "uid_count": {"type": "int", "default": DEFAULT_UID_COUNT},
-    "validate_only": {"type": "bool", "default": False},
-}
 
 
 class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         args = self._task.args
-        validated = ArgumentSpecValidator(SPEC).validate({k: v for k, v in args.items() if k in SPEC})
+        validated = ArgumentSpecValidator(VALIDATION_SPEC).validate(
+            {k: v for k, v in args.items() if k in VALIDATION_SPEC}
+        )
         if validated.error_messages or not validated.validated_parameters.get("validate_only"):
             # Not a pure validation (or arguments the module itself should report on): run the module.
             result.update(self._execute_module(module_args=dict(args), task_vars=task_vars))

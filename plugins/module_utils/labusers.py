@@ -217,6 +217,19 @@ def validate_users(
     return {"users": users, "errors": errors, "warnings": warnings}
 
 
+# The lab_users module's options that validation reads (validate_params), with their types and defaults: the
+# module's argument_spec includes them, its action plugin validates them on the controller.
+VALIDATION_SPEC: Dict[str, Dict[str, Any]] = {
+    "users": {"type": "list", "elements": "raw", "required": True},
+    "prefix": {"type": "str", "default": "lab-"},
+    "default_quota": {"type": "str", "default": "15G"},
+    "volume_size": {"type": "int", "default": 0},
+    "uid_base": {"type": "int", "default": DEFAULT_UID_BASE},
+    "uid_count": {"type": "int", "default": DEFAULT_UID_COUNT},
+    "validate_only": {"type": "bool", "default": False},
+}
+
+
 def validate_params(p: Mapping[str, Any]) -> Dict[str, Any]:
     """validate_users with the lab_users module's parameters (the module and its action plugin share it)."""
     return validate_users(

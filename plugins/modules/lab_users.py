@@ -126,6 +126,7 @@ import tarfile  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.metalab.lab.plugins.module_utils.labusers import (  # noqa: E402
     PRIVILEGED_GROUPS,
+    VALIDATION_SPEC,
     allocate_uids,
     invalid_message,
     parse_group,
@@ -401,21 +402,15 @@ class LabUsers:
 def main():
     module = AnsibleModule(
         argument_spec={
-            "users": {"type": "list", "elements": "raw", "required": True},
-            "prefix": {"type": "str", "default": "lab-"},
+            **VALIDATION_SPEC,
             "homes_root": {"type": "path", "default": "/srv/metalab/homes"},
-            "default_quota": {"type": "str", "default": "15G"},
             "quota_backend": {"type": "str", "choices": ["xfs", "ext4", "none"], "default": "none"},
             "quota_mount": {"type": "path"},
-            "volume_size": {"type": "int", "default": 0},
-            "uid_base": {"type": "int", "default": 20000},
-            "uid_count": {"type": "int", "default": 10000},
             "registry": {"type": "path", "default": "/var/lib/metalab/lab_users.json"},
             "archive_dir": {"type": "path", "default": "/srv/metalab/archive"},
             "shell": {"type": "path", "default": "/bin/bash"},
             "privileged_groups": {"type": "list", "elements": "str"},
             "member_group": {"type": "str"},
-            "validate_only": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
