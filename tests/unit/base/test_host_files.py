@@ -10,8 +10,6 @@ import sys
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.metalab.lab.plugins.filter.host_files import ca_certificate_files, copy_files
 from ansible_collections.metalab.lab.plugins.modules import host_files
 
@@ -19,28 +17,10 @@ PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 ME = {"owner": str(os.getuid()), "group": str(os.getgid())}  # tests need not run as root
 
 
-class Exit(Exception):
-    def __init__(self, result, failed=False):
-        super().__init__(result.get("msg", ""))
-        self.result, self.failed = result, failed
-
-
 @pytest.fixture
-def run(monkeypatch):
-    def exit_json(self, **result):
-        raise Exit(result)
-
-    def fail_json(self, **result):
-        raise Exit(result, failed=True)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-
+def run(run_module):
     def call(files, check=False, diff=True):
-        args = {"files": files, "_ansible_check_mode": check, "_ansible_diff": diff}
-        with patch_module_args(args), pytest.raises(Exit) as caught:
-            host_files.main()
-        return caught.value
+        return run_module(host_files.main, {"files": files, "_ansible_check_mode": check, "_ansible_diff": diff})
 
     return call
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from unittest import mock
-
 import pytest
 from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.metalab.lab.plugins.module_utils import gpu
 from ansible_collections.metalab.lab.plugins.modules import gpu_facts, gpu_health, nvidia_plan
 from conftest import fixture_text
@@ -14,37 +11,26 @@ from conftest import fixture_text
 QUERY = "--query-gpu=" + ",".join(gpu.SMI_QUERY_FIELDS)
 
 
-class Exit(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg"))
-        self.failed = failed
-        self.result = result
+@pytest.fixture
+def gpu_module(run_module, monkeypatch):
+    """``gpu_module(module, args, smi_path, answers)`` runs the module; returns (failed, result, argv of every command).
 
+    ``answers`` maps a command's first argument to what run_command returns for it.
+    """
 
-def run_module(module, args, smi_path=None, answers=None):
-    """Run a module's main(); returns (failed, result, argv of every command run)."""
-    calls = []
+    def run(module, args, smi_path=None, answers=None):
+        calls = []
 
-    def run_command(self, argv, **kwargs):
-        calls.append(list(argv))
-        return (answers or {})[argv[1]]
+        def run_command(self, argv, **kwargs):
+            calls.append(list(argv))
+            return (answers or {})[argv[1]]
 
-    def exit_json(self, **result):
-        raise Exit(False, result)
+        monkeypatch.setattr(basic.AnsibleModule, "run_command", run_command)
+        monkeypatch.setattr(basic.AnsibleModule, "get_bin_path", lambda self, *a, **k: smi_path)
+        ended = run_module(module.main, args)
+        return ended.failed, ended.result, calls
 
-    def fail_json(self, **result):
-        raise Exit(True, result)
-
-    with (
-        patch_module_args(args),
-        mock.patch.object(basic.AnsibleModule, "run_command", run_command),
-        mock.patch.object(basic.AnsibleModule, "get_bin_path", lambda self, *a, **k: smi_path),
-        mock.patch.object(basic.AnsibleModule, "exit_json", exit_json),
-        mock.patch.object(basic.AnsibleModule, "fail_json", fail_json),
-        pytest.raises(Exit) as caught,
-    ):
-        module.main()
-    return caught.value.failed, caught.value.result, calls
+    return run
 
 
 @pytest.fixture
@@ -60,16 +46,16 @@ T4_ANSWERS = {
 
 
 @pytest.mark.parametrize("check_mode", [False, True])
-def test_gpu_facts_cpu_host(tmp_path, check_mode):
+def test_gpu_facts_cpu_host(gpu_module, tmp_path, check_mode):
     args = {"sysfs_root": str(tmp_path), "proc_root": str(tmp_path), "_ansible_check_mode": check_mode}
-    failed, result, calls = run_module(gpu_facts, args)
+    failed, result, calls = gpu_module(gpu_facts, args)
     assert not failed and result["changed"] is False
     assert calls == []
     assert result["ansible_facts"]["metalab_gpu_present"] is False
 
 
-def test_gpu_facts_t4(t4_host):
-    failed, result, calls = run_module(gpu_facts, t4_host, "/usr/bin/nvidia-smi", T4_ANSWERS)
+def test_gpu_facts_t4(gpu_module, t4_host):
+    failed, result, calls = gpu_module(gpu_facts, t4_host, "/usr/bin/nvidia-smi", T4_ANSWERS)
     assert not failed and result["changed"] is False
     assert calls == [gpu.smi_query_argv("/usr/bin/nvidia-smi"), ["/usr/bin/nvidia-smi", "-q", "-d", "COMPUTE"]]
     facts = result["ansible_facts"]
@@ -77,55 +63,55 @@ def test_gpu_facts_t4(t4_host):
     assert facts["metalab_gpus"][0]["name"] == "Tesla T4"
 
 
-def test_gpu_facts_mismatch_is_not_a_failure(t4_host):
+def test_gpu_facts_mismatch_is_not_a_failure(gpu_module, t4_host):
     answers = {QUERY: (18, fixture_text("mismatch.txt"), "")}
-    failed, result, _calls = run_module(gpu_facts, t4_host, "/usr/bin/nvidia-smi", answers)
+    failed, result, _calls = gpu_module(gpu_facts, t4_host, "/usr/bin/nvidia-smi", answers)
     assert not failed
     assert result["ansible_facts"]["metalab_gpu_driver"]["reboot_required"] is True
 
 
-def test_gpu_facts_unparseable_output_fails(t4_host):
+def test_gpu_facts_unparseable_output_fails(gpu_module, t4_host):
     answers = {QUERY: (0, "0, 00000000:00:1E.0\n", "")}
-    failed, result, _calls = run_module(gpu_facts, t4_host, "/usr/bin/nvidia-smi", answers)
+    failed, result, _calls = gpu_module(gpu_facts, t4_host, "/usr/bin/nvidia-smi", answers)
     assert failed and "cannot parse nvidia-smi output" in result["msg"]
 
 
-def test_gpu_health_healthy_t4(t4_host, tmp_path):
+def test_gpu_health_healthy_t4(gpu_module, t4_host, tmp_path):
     spec = tmp_path / "nvidia.yaml"
     spec.write_text(fixture_text("t4_cdi.yaml"))
     state = tmp_path / "state.json"
     state.write_text('{"driver_version": "535.183.01"}')
     args = dict(t4_host, cdi_spec=str(spec), cdi_state=str(state), fail_on_problem=True)
-    failed, result, _calls = run_module(gpu_health, args, "/usr/bin/nvidia-smi", T4_ANSWERS)
+    failed, result, _calls = gpu_module(gpu_health, args, "/usr/bin/nvidia-smi", T4_ANSWERS)
     assert not failed, result.get("msg")
     assert result["ok"] is True and result["cdi"]["current"] is True and result["changed"] is False
 
 
 @pytest.mark.parametrize(("fail_on_problem", "failed"), [(False, False), (True, True)])
-def test_gpu_health_missing_spec(t4_host, tmp_path, fail_on_problem, failed):
+def test_gpu_health_missing_spec(gpu_module, t4_host, tmp_path, fail_on_problem, failed):
     args = dict(t4_host, cdi_spec=str(tmp_path / "none.yaml"), cdi_state=str(tmp_path / "none.json"))
     args["fail_on_problem"] = fail_on_problem
-    got_failed, result, _calls = run_module(gpu_health, args, "/usr/bin/nvidia-smi", T4_ANSWERS)
+    got_failed, result, _calls = gpu_module(gpu_health, args, "/usr/bin/nvidia-smi", T4_ANSWERS)
     assert got_failed is failed
     assert result["ok"] is False
     assert "CDI spec /etc/cdi/nvidia.yaml missing" in result["problems"][0]
 
 
-def test_nvidia_plan_ok():
+def test_nvidia_plan_ok(gpu_module):
     args = {
         "distribution": "Ubuntu",
         "version": "24.04",
         "architecture": "x86_64",
         "kernel_release": "6.8.0-51-generic",
     }
-    failed, result, _calls = run_module(nvidia_plan, args)
+    failed, result, _calls = gpu_module(nvidia_plan, args)
     assert not failed and result["changed"] is False
     assert result["plan"]["driver"]["packages"] == ["nvidia-open-580"]
     assert result["plan"]["toolkit"]["version"] == "1.18.0-1"
 
 
-def test_nvidia_plan_refuses_amazon_linux_2():
-    failed, result, _calls = run_module(
+def test_nvidia_plan_refuses_amazon_linux_2(gpu_module):
+    failed, result, _calls = gpu_module(
         nvidia_plan, {"distribution": "Amazon", "version": "2", "architecture": "x86_64"}
     )
     assert failed and result["msg"].startswith("Amazon Linux 2 is past its end of support")

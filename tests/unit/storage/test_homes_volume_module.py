@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.metalab.lab.plugins.module_utils import blockdev
 from ansible_collections.metalab.lab.plugins.modules import homes_volume
 
@@ -20,14 +19,8 @@ OK_KERNEL = {
 }
 
 
-class Exit(Exception):
-    def __init__(self, result, failed=False):
-        super().__init__(result.get("msg", ""))
-        self.result, self.failed = result, failed
-
-
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, run_module):
     state = {"lsblk": "lsblk_vm_fresh.json", "kernel": OK_KERNEL}
     mounts = tmp_path / "mounts"
     mounts.write_text("/dev/vda / ext4 rw,relatime 0 0\n")
@@ -55,8 +48,6 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setattr(homes_volume, "gather_for_module", gather)
     monkeypatch.setattr(homes_volume, "_kernel_and_tools", lambda module, backend: state["kernel"])
     monkeypatch.setattr(homes_volume, "MOUNTS_FILE", str(mounts))
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", lambda self, **r: (_ for _ in ()).throw(Exit(r)))
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", lambda self, **r: (_ for _ in ()).throw(Exit(r, True)))
 
     def call(check=False, **extra):
         args = {
@@ -68,9 +59,7 @@ def env(tmp_path, monkeypatch):
         }
         args.update(extra)
         calls.clear()
-        with patch_module_args(args), pytest.raises(Exit) as caught:
-            homes_volume.main()
-        return caught.value
+        return run_module(homes_volume.main, args)
 
     call.calls, call.state, call.fstab, call.root, call.mounts = calls, state, fstab, root, mounts
     return call

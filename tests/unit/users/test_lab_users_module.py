@@ -10,18 +10,10 @@ from pathlib import Path
 
 import pytest
 from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from ansible_collections.metalab.lab.plugins.modules import lab_users
 
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000::/home/admin:/bin/bash\n"
 GROUP = "root:x:0:\nsudo:x:27:admin\nadmin:x:1000:\n"
-
-
-class Exit(Exception):
-    def __init__(self, result, failed=False):
-        super().__init__(result.get("msg", ""))
-        self.result = result
-        self.failed = failed
 
 
 class Host:
@@ -71,22 +63,13 @@ class Host:
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, run_module):
     homes, archive, registry = tmp_path / "homes", tmp_path / "archive", tmp_path / "state" / "lab_users.json"
     homes.mkdir()
     host = Host()
     monkeypatch.setattr(basic.AnsibleModule, "run_command", lambda self, argv, **kw: host(argv, **kw))
     monkeypatch.setattr(os, "chown", lambda *a, **k: None)  # tests do not run as root
     monkeypatch.setattr(lab_users, "home_state", _home_state_as_owner)
-
-    def exit_json(self, **result):
-        raise Exit(result)
-
-    def fail_json(self, **result):
-        raise Exit(result, failed=True)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
 
     def call(users, check=False, diff=True, **extra):
         args = {
@@ -100,9 +83,7 @@ def env(tmp_path, monkeypatch):
         }
         args.update(extra)
         host.calls.clear()
-        with patch_module_args(args), pytest.raises(Exit) as caught:
-            lab_users.main()
-        return caught.value
+        return run_module(lab_users.main, args)
 
     call.host, call.homes, call.archive, call.registry = host, homes, archive, registry
     return call
