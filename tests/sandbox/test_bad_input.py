@@ -1,0 +1,118 @@
+"""Bad lab_users input fails the whole site.yml run before anything changes on the host (DESIGN.md, data safety).
+
+One nspawn host, first fresh, then converged. Each bad run must: exit non-zero, name the offending entry, report
+changed=0, and leave every file on the host as it was. "As it was" is checked with a marker file: after the
+run, nothing outside the journal, /run and /tmp is newer than the marker (a no-change rerun of these roles
+touches nothing else either, apart from the guard's own cron run). The runtime roles other than session_limits
+are skipped by tags (they build a container image, minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import labctl, recap, ssh, up
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "bad1"
+TAGS = "base,storage,lab_users,session_limits"
+HOST_VARS = {"lab_homes_device": "none", "lab_quota_required": False, "runtime_image_base_from_host": True}
+GOOD = [{"name": "alice", "quota": "1G"}, {"name": "bob", "quota": "1G"}]
+MARKER = "/run/metalab-test-marker"
+# What a run may touch on the host without changing it: logs, runtime state, the connection's scratch space.
+CHANGED_FILES = (
+    f"sudo find / -xdev -newer {MARKER} -not -path '/var/log/*' -not -path '/tmp*' -not -path '/run*' "
+    "-not -path '/home/labadmin/.ansible*' -not -path '/var/lib/sudo*' -not -path '/' "
+    # metalab-guard's cron run, every minute: its ledger and metrics.
+    "-not -path '/var/lib/metalab/ledger*' -not -path '/var/lib/prometheus/*' -print"
+)
+STATE = "sudo sha256sum /etc/passwd /etc/group /etc/shadow; sudo ls -ln /srv/metalab/homes 2>&1; sudo cat {registry}"
+
+
+def _site(sandboxes: Path, lab_users: list, tmp_path: Path, **settings) -> subprocess.CompletedProcess[str]:
+    lab = tmp_path / "lab.yml"
+    lab.write_text(json.dumps({"all": {"vars": {**HOST_VARS, "lab_users": lab_users, **settings}}}))
+    argv = ["ansible-playbook", str(REPO / "playbooks" / "site.yml"), "--tags", TAGS, "-i", str(sandboxes)]
+    env = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    return subprocess.run(
+        [*argv, "-i", str(lab)], capture_output=True, text=True, timeout=900, check=False, cwd=REPO,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def _refused_without_change(
+    record: dict, sandboxes: Path, lab_users: list, tmp_path: Path, names: str, **settings
+) -> str:
+    before = ssh(record, STATE.format(registry="/var/lib/metalab/lab_users.json")).stdout
+    assert ssh(record, f"sudo touch {MARKER}").returncode == 0
+    result = _site(sandboxes, lab_users, tmp_path, **settings)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert names in output, output[-3000:]
+    totals = recap(result.stdout)[NAME]
+    assert totals["failed"] == 1 and totals["changed"] == 0, totals
+    changed = ssh(record, CHANGED_FILES)
+    assert changed.returncode == 0 and changed.stdout == "", "files changed by a refused run:\n" + changed.stdout
+    assert ssh(record, STATE.format(registry="/var/lib/metalab/lab_users.json")).stdout == before
+    return output
+
+
+@pytest.fixture(scope="module")
+def host(state_dir, tmp_path_factory):
+    try:
+        record = up(NAME)
+        sandboxes = tmp_path_factory.mktemp("bad-input") / "sandboxes.yml"
+        sandboxes.write_text(labctl("inventory", NAME).stdout)
+        yield record, sandboxes
+    finally:
+        labctl("down", NAME, check=False)
+
+
+def test_fresh_host_is_not_touched_by_bad_input(host, tmp_path):
+    record, sandboxes = host
+    # An invalid name, a duplicate and an unreadable quota: all three are reported, by index and name.
+    bad = [*GOOD, {"name": "Bob!", "quota": "1G"}, {"name": "alice"}, {"name": "carol", "quota": "lots"}]
+    output = _refused_without_change(record, sandboxes, bad, tmp_path, "lab_users[2] (name 'Bob!')")
+    assert "lab_users[3] (name 'alice'): duplicate name, already used by lab_users[0]" in output
+    assert "lab_users[4] (name 'carol'): invalid quota" in output
+    assert ssh(record, "test -e /etc/cron.deny || test -e /etc/metalab || echo untouched").stdout.strip() == (
+        "untouched"
+    )
+
+
+def test_converged_host_keeps_users_and_data_when_input_is_bad(host, tmp_path):
+    record, sandboxes = host
+    converge = _site(sandboxes, GOOD, tmp_path)
+    assert converge.returncode == 0, converge.stdout[-3000:] + converge.stderr[-2000:]
+    assert ssh(record, "echo notes | sudo tee /srv/metalab/homes/bob/notes.txt >/dev/null").returncode == 0
+
+    # bob removed and alice's quota raised in the same list as a bad entry: nothing of it may happen.
+    bad = [{"name": "alice", "quota": "2G"}, {"name": "bob", "state": "absent"}, {"name": "x" * 40}]
+    _refused_without_change(record, sandboxes, bad, tmp_path, "lab_users[2] (name '" + "x" * 40 + "')")
+    assert ssh(record, "sudo cat /srv/metalab/homes/bob/notes.txt").stdout == "notes\n"
+
+    # A quota larger than the homes volume is only known on the host: it is refused before storage and
+    # lab_users change anything (base, already converged, changes nothing either).
+    too_big = [{"name": "alice", "quota": "900T"}, *GOOD[1:]]
+    _refused_without_change(record, sandboxes, too_big, tmp_path, "larger than the homes volume")
+
+    # A session setting the guard would refuse fails the play before base, although session_limits runs last:
+    # bob's removal in the same run does not happen.
+    _refused_without_change(
+        record, sandboxes, GOOD[:1] + [{"name": "bob", "state": "absent"}], tmp_path,
+        "lab_session_overrides.alice: user override limits.gpu: invalid duration '1y'",
+        lab_session_overrides={"alice": {"limits": {"gpu": "1y"}}},
+    )  # fmt: skip
+    assert ssh(record, "sudo cat /srv/metalab/homes/bob/notes.txt").stdout == "notes\n"
+    # A wrong type is refused by the role's argument spec, also checked at the start of the play.
+    _refused_without_change(
+        record, sandboxes, GOOD[:1], tmp_path, "lab_session_limits", lab_session_limits="12h"
+    )  # fmt: skip
+    assert ssh(record, "sudo cat /srv/metalab/homes/bob/notes.txt").stdout == "notes\n"
+
+    rerun = _site(sandboxes, GOOD, tmp_path)
+    assert rerun.returncode == 0 and recap(rerun.stdout)[NAME]["changed"] == 0, rerun.stdout[-3000:]
