@@ -67,21 +67,25 @@ def ca_certificate_files(certs, contents, ca_dir):
     return entries
 
 
-def copy_files(sources, contents, src_root, dest_root, mode="0644"):
+def copy_files(sources, contents, src_root, dest_root, mode="0644", modes=None):
     """host_files entries that copy text files from the controller: each source's path relative to src_root,
-    under dest_root, with its content (read on the controller, in the same order) and mode."""
+    under dest_root, with its content (read on the controller, in the same order) and mode. ``modes`` maps
+    relative paths to the mode of that file instead (each one must name a source)."""
     from ansible.errors import AnsibleFilterError
 
     sources, contents = list(sources), list(contents)
     if len(sources) != len(contents):
         raise AnsibleFilterError(f"copy_files: {len(sources)} sources but {len(contents)} contents")
     root = os.path.normpath(str(src_root))
+    modes = dict(modes or {})
     entries = []
     for source, content in zip(sources, contents):
         rel = os.path.relpath(os.path.normpath(str(source)), root)
         if rel == "." or rel.startswith(".." + os.sep) or rel == "..":
             raise AnsibleFilterError(f"copy_files: {source} is not under {src_root}")
-        entries.append({"path": os.path.join(str(dest_root), rel), "content": content, "mode": mode})
+        entries.append({"path": os.path.join(str(dest_root), rel), "content": content, "mode": modes.pop(rel, mode)})
+    if modes:
+        raise AnsibleFilterError(f"copy_files: modes name {', '.join(sorted(modes))}, not among the sources")
     return entries
 
 

@@ -30,7 +30,7 @@ options:
         C(regexp) when there is one, else inserting it after the last line matching C(insertafter) or before the
         first line matching C(insertbefore) (C(BOF) for the top, the end by default), like
         M(ansible.builtin.lineinfile).
-      - C(only_if=false) drops the entry (a conditional entry in a static list).
+      - C(only_if=false) drops the entry (a conditional entry in a static list); its other keys are not checked.
     type: list
     elements: dict
     required: true
@@ -103,11 +103,12 @@ def validate(entries):
         if not isinstance(entry, dict):
             raise EntryError(f"{where}: each entry must be a dict with path and state, not {entry!r}")
         path = entry.get("path")
+        # A dropped entry's path is not checked: it may be empty when the condition that drops it says why.
+        if not _bool(entry.get("only_if", True), where if not isinstance(path, str) else f"{where} ({path})"):
+            continue
         if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == "":
             raise EntryError(f"{where}: path must be an absolute path other than /, not {path!r}")
         where = f"files[{index}] ({path})"
-        if not _bool(entry.get("only_if", True), where):
-            continue
         state = entry.get("state", "file")
         if state not in STATES:
             raise EntryError("{}: state must be one of {}, not {!r}".format(where, ", ".join(STATES), state))

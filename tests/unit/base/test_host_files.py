@@ -93,6 +93,8 @@ def test_absent_removes_files_but_never_directories(run, tmp_path):
 
 
 def test_only_if_false_drops_the_entry(run, tmp_path):
+    dropped = run([{"path": "", "state": "absent", "only_if": False}])  # e.g. no default site on this platform
+    assert not dropped.failed and dropped.result["changed"] is False
     out = run([{"path": str(tmp_path / "x"), "content": "x\n", "only_if": False, **ME}])
     assert out.result["changed"] is False
     assert not (tmp_path / "x").exists()
@@ -202,6 +204,15 @@ def test_copy_files_keeps_the_tree_below_the_source_root():
         copy_files(["/etc/passwd"], ["root"], "/c/src", "/opt")
     with pytest.raises(AnsibleFilterError, match="2 sources but 1 contents"):
         copy_files(["/c/src/a", "/c/src/b"], ["a"], "/c/src", "/opt")
+
+
+def test_copy_files_mode_per_file_and_a_mode_for_no_file_is_refused():
+    got = copy_files(["Containerfile", "start-jupyterlab"], ["FROM x\n", "#!/bin/sh\n"], "", "/ctx", modes={
+        "start-jupyterlab": "0755"
+    })  # fmt: skip
+    assert [(e["path"], e["mode"]) for e in got] == [("/ctx/Containerfile", "0644"), ("/ctx/start-jupyterlab", "0755")]
+    with pytest.raises(AnsibleFilterError, match="modes name start-jupyter, not among the sources"):
+        copy_files(["start-jupyterlab"], ["#!/bin/sh\n"], "", "/ctx", modes={"start-jupyter": "0755"})
 
 
 # -- the lab_users action: validate_only never reaches the host ---------------------------------------------
