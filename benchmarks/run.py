@@ -257,6 +257,7 @@ class Case:
     hosts: int
     env: Dict[str, str] = field(default_factory=dict)
     config: str = ""
+    tags: Optional[str] = SUBSET_TAGS  # None: the whole site.yml
     times: List[float] = field(default_factory=list)
     changed: List[int] = field(default_factory=list)
     cpu: List[float] = field(default_factory=list)
@@ -294,7 +295,10 @@ def measure(f: Fleet, inventories: Sequence[Path], cases: List[Case], repeat: in
     for rep in range(repeat):
         for case in cases:
             slug = re.sub(r"[^a-z0-9]+", "-", case.label.lower()).strip("-")
-            run = playbook(inventories, case.cfg, f.workdir / f"{slug}-{rep}.log", limit=case.limit, extra_env=case.env)
+            run = playbook(
+                inventories, case.cfg, f.workdir / f"{slug}-{rep}.log", limit=case.limit, tags=case.tags,
+                extra_env=case.env,
+            )  # fmt: skip
             failed = {h: r for h, r in run.recap.items() if r["failed"] or r["unreachable"]}
             if run.rc != 0 or failed:
                 raise BenchError(f"{case.label}: rerun failed (rc {run.rc}, {failed}); log {run.log}")
@@ -492,14 +496,18 @@ def section_latency(work: Path, repeat: int, rerun_repeat: int) -> Dict[str, Any
     with fleet(["bm1"], work) as f:
         lab = f.vars_inventory({"bm1": 1})
         first = converge(f, [f.sandbox_inventory, lab], None, "latency")
-        # While the whole site is converged here: its no-change rerun (runtime roles included), for reference.
-        full = Case("whole site.yml rerun, 1 host (no tags)", "bm1", METALAB_CFG, 1)
-        for rep in range(rerun_repeat):
-            run = playbook([f.sandbox_inventory, lab], METALAB_CFG, work / f"full-rerun-{rep}.log", tags=None)
-            if run.rc != 0:
-                raise BenchError(f"whole-site rerun failed (rc {run.rc}); log {run.log}")
-            full.times.append(run.seconds)
-            full.changed.append(sum(r["changed"] for r in run.recap.values()))
+        # While the whole site is converged here: its no-change rerun (runtime roles included), with metalab's
+        # ansible.cfg, with Ansible's defaults and with the Mitogen extra, interleaved like the other sections.
+        site_cases = [
+            Case("whole site.yml rerun, 1 host", "bm1", METALAB_CFG, 1, tags=None),
+            Case("whole site.yml rerun, 1 host, Ansible defaults", "bm1", defaults_cfg(work), 1, tags=None),
+        ]
+        env = mitogen()
+        if env:
+            label = "whole site.yml rerun, 1 host, + Mitogen"
+            site_cases.append(Case(label, "bm1", METALAB_CFG, 1, env=env, config="metalab+mitogen", tags=None))
+        measure(f, [f.sandbox_inventory, lab], site_cases, rerun_repeat)
+        defaults = site_cases[1]
         info = f.info["bm1"]
         ssh = [
             "ssh", "-p", str(info["ansible_port"]), "-i", info["ansible_ssh_private_key_file"],
@@ -519,8 +527,14 @@ def section_latency(work: Path, repeat: int, rerun_repeat: int) -> Dict[str, Any
         "section": "latency",
         "what": "metalab-guard start alice on the host -> first 200 of /user/alice/api/status through nginx",
         "first_converge_s": first,
-        "cases": [dict(fig, label=f"runtime start to first API answer (n={len(data['times'])})"), full.result()],
-        "targets": [target("start to first API answer (s)", fig["median_s"], "<", 5.0)],
+        "cases": [dict(fig, label=f"runtime start to first API answer (n={len(data['times'])})")]
+        + [c.result() for c in site_cases],
+        "targets": [target("start to first API answer (s)", fig["median_s"], "<", 5.0)]
+        + [
+            target(f"whole site: defaults vs {c.result()['config']}", ratio(defaults.result(), c.result()), ">=", 2.0)
+            for c in site_cases
+            if c is not defaults
+        ],
     }
 
 
@@ -553,7 +567,7 @@ def target(what: str, value: float, op: str, bound: float) -> Dict[str, Any]:
 
 
 def print_table(sections: List[Dict[str, Any]]) -> None:
-    print(f"{'case':<44}{'median s':>10}{'min s':>9}{'max s':>9}{'cpu busy':>9}{'ctl cpu s':>10}  n  changed")
+    print(f"{'case':<52}{'median s':>10}{'min s':>9}{'max s':>9}{'cpu busy':>9}{'ctl cpu s':>10}  n  changed")
     for sec in sections:
         tags = f" (site.yml --tags {sec['tags']})" if sec.get("tags") else ""
         print(f"[{sec['section']}]{tags}")
@@ -562,7 +576,7 @@ def print_table(sections: List[Dict[str, Any]]) -> None:
             busy = f"{c['cpu_busy_fraction']:.0%}" if "cpu_busy_fraction" in c else "-"
             ctl = f"{c['controller_cpu_s_median']:.1f}" if "controller_cpu_s_median" in c else "-"
             print(
-                f"  {c['label']:<42}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}{busy:>9}{ctl:>10}"
+                f"  {c['label']:<50}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}{busy:>9}{ctl:>10}"
                 f"  {len(c['runs'])}  {changed}"
             )
     print()
