@@ -539,6 +539,14 @@ def gather_for_module(module: Any, check_data: bool = True) -> Dict[str, Any]:
     return collect(run, _read_text, os.listdir, _read_head if check_data else None)
 
 
+def filesystem_size(path: str) -> int:
+    """Size in bytes of the filesystem holding path, or its nearest existing parent (nothing is created)."""
+    while not os.path.exists(path) and path != "/":
+        path = os.path.dirname(path) or "/"
+    stat = os.statvfs(path)
+    return stat.f_blocks * stat.f_frsize
+
+
 def selection_or_error(
     facts: Dict[str, Any], requested: str, allow_format: bool, homes_root: str, label: str
 ) -> Dict[str, Any]:

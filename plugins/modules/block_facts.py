@@ -67,7 +67,9 @@ ansible_facts:
         mountpoints, partitions, signatures, used_by, empty and not_empty_reasons.
       type: dict
 homes_selection:
-  description: device, action (format, reuse or none), wipe, size, reason; or error when none can be chosen.
+  description:
+    - device, action (format, reuse or none), wipe, size, reason; or error when none can be chosen.
+    - With action none, size is that of the filesystem that holds homes_root.
   returned: when homes_device is set
   type: dict
   sample: {"device": "/dev/nvme0n1", "action": "format", "wipe": false, "size": 4294967296,
@@ -76,6 +78,7 @@ homes_selection:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.metalab.lab.plugins.module_utils.blockdev import (  # noqa: E402
+    filesystem_size,
     gather_for_module,
     selection_or_error,
 )
@@ -106,6 +109,9 @@ def main():
             module.params["homes_root"],
             module.params["homes_label"],
         )
+        if result["homes_selection"]["action"] == "none":
+            # Homes on the root filesystem: its size bounds the quotas (checked before the play changes anything).
+            result["homes_selection"]["size"] = filesystem_size(module.params["homes_root"])
     module.exit_json(**result)
 
 

@@ -103,6 +103,7 @@ import os  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.metalab.lab.plugins.module_utils.blockdev import (  # noqa: E402
+    filesystem_size,
     gather_for_module,
     parse_blkid_values,
     selection_or_error,
@@ -146,14 +147,6 @@ def _kernel_and_tools(module, backend):
         "xfs_quota_kernel": xfs_quota_kernel,
         "tools": tools,
     }
-
-
-def _filesystem_size(path):
-    """Size in bytes of the filesystem holding path (or its nearest existing parent, in check mode)."""
-    while not os.path.exists(path) and path != "/":
-        path = os.path.dirname(path) or "/"
-    stat = os.statvfs(path)
-    return stat.f_blocks * stat.f_frsize
 
 
 class Volume:
@@ -210,7 +203,7 @@ class Volume:
         }
         if sel["action"] == "none":
             self.ensure_dir(path)
-            result["size"] = _filesystem_size(path)
+            result["size"] = filesystem_size(path)
             self.finish(result, None, None)
             return
 

@@ -1,8 +1,9 @@
 """playbooks/rolling_update.yml on three nspawn lab hosts, with a failure injected on the second one.
 
 serial 1, max_fail_percentage 0: bm1 is drained, updated (a new lab user) and undrained; bm2 fails inside the
-site roles (an invalid lab user in its host vars) and stays drained, so `metalab-guard start` refuses there
-with "host is being updated"; the play stops after bm2's batch and bm3 is neither drained nor updated.
+site roles (its host vars ask for a package that does not exist: valid input that fails on the host, after the
+drain) and stays drained, so `metalab-guard start` refuses there with "host is being updated"; the play stops
+after bm2's batch and bm3 is neither drained nor updated.
 The runtime roles that build the container image are skipped by tags (session_limits, which installs the
 guard, is kept): about two minutes on the development machine.
 """
@@ -58,8 +59,8 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
         converge = _playbook("site.yml", sandboxes, lab)
         assert converge.returncode == 0, converge.stdout[-3000:] + converge.stderr[-2000:]
 
-        # The update adds dave everywhere; bm2's host vars carry an invalid lab user (the injected failure,
-        # caught by the storage role's validation, after the drain).
+        # The update adds dave everywhere; bm2's host vars ask for a package no mirror has (the injected failure:
+        # the base role's package install fails, after the drain).
         update = tmp_path / "update.yml"
         new_users = [*LAB_VARS["lab_users"], {"name": "dave", "quota": "1G"}]
         update.write_text(
@@ -67,7 +68,7 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
                 {
                     "all": {
                         "vars": {"lab_users": new_users},
-                        "hosts": {"bm2": {"lab_users": [*new_users, {"name": "Not A Valid Name", "quota": "1G"}]}},
+                        "hosts": {"bm2": {"base_extra_packages": ["metalab-no-such-package"]}},
                     }
                 }
             )
@@ -79,7 +80,7 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
         assert totals["bm1"]["failed"] == 0 and totals["bm1"]["changed"] > 0, totals
         assert totals["bm2"]["failed"] == 1, totals
         assert "bm3" not in totals, "the play must stop after the failing batch"
-        assert "Not A Valid Name" in output
+        assert "metalab-no-such-package" in output
 
         state = (
             "test -e /etc/metalab/drain && echo drained || echo open; getent passwd lab-dave >/dev/null && echo dave"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,9 @@ def test_rerun_after_format_reuses_by_label_when_unmounted():
     source["disks"][1]["mountpoints"] = []
     result = blockdev.select_homes_device(source, "auto", homes_root=ROOT)
     assert result["action"] == "reuse"
+
+
+def test_filesystem_size_of_a_path_not_made_yet_is_its_parents(tmp_path):
+    stat = os.statvfs(tmp_path)
+    assert blockdev.filesystem_size(str(tmp_path / "srv" / "metalab" / "homes")) == stat.f_blocks * stat.f_frsize > 0
+    assert not (tmp_path / "srv").exists()
