@@ -23,10 +23,12 @@ TAGS = "base,storage,lab_users,session_limits"
 HOST_VARS = {"lab_homes_device": "none", "lab_quota_required": False, "runtime_image_base_from_host": True}
 GOOD = [{"name": "alice", "quota": "1G"}, {"name": "bob", "quota": "1G"}]
 MARKER = "/run/metalab-test-marker"
-# What a run may touch on the host without changing it: logs, runtime state, the connection's scratch space.
+# What a run may touch on the host without changing it: logs, runtime state, the connection's scratch space
+# (Ansible's and Mitogen's ~/.ansible of the admin and of root, and so the mtime of their home directories).
 CHANGED_FILES = (
     f"sudo find / -xdev -newer {MARKER} -not -path '/var/log/*' -not -path '/tmp*' -not -path '/run*' "
-    "-not -path '/home/labadmin/.ansible*' -not -path '/var/lib/sudo*' -not -path '/' "
+    "-not -path '/home/labadmin/.ansible*' -not -path '/root/.ansible*' -not -path '/var/lib/sudo*' "
+    "-not -path '/' -not -path /root -not -path /home/labadmin "
     # metalab-guard's cron run, every minute: its ledger and metrics.
     "-not -path '/var/lib/metalab/ledger*' -not -path '/var/lib/prometheus/*' -print"
 )
