@@ -103,12 +103,13 @@ def validate(entries):
         if not isinstance(entry, dict):
             raise EntryError(f"{where}: each entry must be a dict with path and state, not {entry!r}")
         path = entry.get("path")
+        if isinstance(path, str):
+            where = f"{where} ({path})"
         # A dropped entry's path is not checked: it may be empty when the condition that drops it says why.
-        if not _bool(entry.get("only_if", True), where if not isinstance(path, str) else f"{where} ({path})"):
+        if not _bool(entry.get("only_if", True), where):
             continue
         if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") == "":
-            raise EntryError(f"{where}: path must be an absolute path other than /, not {path!r}")
-        where = f"files[{index}] ({path})"
+            raise EntryError(f"files[{index}]: path must be an absolute path other than /, not {path!r}")
         state = entry.get("state", "file")
         if state not in STATES:
             raise EntryError("{}: state must be one of {}, not {!r}".format(where, ", ".join(STATES), state))

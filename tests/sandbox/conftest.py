@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Mapping, Optional
 
 import pytest
 
@@ -16,6 +17,7 @@ from metalab.sandbox.ssh import ssh_argv
 
 # The tools of the interpreter running the tests (the project venv), whatever PATH says.
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[2]
 os.environ["PATH"] = f"{BIN}:{os.environ.get('PATH', '')}"
 LABCTL = shutil.which("labctl") or "labctl"
 
@@ -69,3 +71,18 @@ def recap(output: str) -> dict[str, dict[str, int]]:
         if len(parts) > 2 and parts[1] == ":":
             hosts[parts[0]] = {k: int(v) for k, v in (p.split("=") for p in parts[2:] if "=" in p)}
     return hosts
+
+
+def playbook(
+    name: str, *inventories: Path, tags: str, environ: Optional[Mapping[str, str]] = None
+) -> subprocess.CompletedProcess[str]:
+    """playbooks/<name> with the repository's ansible.cfg, the way an admin runs it from a clone.
+
+    ``environ`` replaces the caller's environment (os.environ by default).
+    """
+    argv = ["ansible-playbook", str(REPO / "playbooks" / name), "--tags", tags]
+    for inventory in inventories:
+        argv += ["-i", str(inventory)]
+    env = {**(os.environ if environ is None else environ), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
+    env["ANSIBLE_NOCOLOR"] = "1"
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False, cwd=REPO, env=env)

@@ -10,14 +10,12 @@ are skipped by tags (they build a container image, minutes).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import labctl, recap, ssh, up
+from conftest import labctl, playbook, recap, ssh, up
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "bad1"
 TAGS = "base,storage,lab_users,session_limits"
 HOST_VARS = {"lab_homes_device": "none", "lab_quota_required": False, "runtime_image_base_from_host": True}
@@ -32,24 +30,22 @@ CHANGED_FILES = (
     # metalab-guard's cron run, every minute: its ledger and metrics.
     "-not -path '/var/lib/metalab/ledger*' -not -path '/var/lib/prometheus/*' -print"
 )
-STATE = "sudo sha256sum /etc/passwd /etc/group /etc/shadow; sudo ls -ln /srv/metalab/homes 2>&1; sudo cat {registry}"
+STATE = (
+    "sudo sha256sum /etc/passwd /etc/group /etc/shadow; sudo ls -ln /srv/metalab/homes 2>&1; "
+    "sudo cat /var/lib/metalab/lab_users.json"
+)
 
 
 def _site(sandboxes: Path, lab_users: list, tmp_path: Path, **settings) -> subprocess.CompletedProcess[str]:
     lab = tmp_path / "lab.yml"
     lab.write_text(json.dumps({"all": {"vars": {**HOST_VARS, "lab_users": lab_users, **settings}}}))
-    argv = ["ansible-playbook", str(REPO / "playbooks" / "site.yml"), "--tags", TAGS, "-i", str(sandboxes)]
-    env = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    return subprocess.run(
-        [*argv, "-i", str(lab)], capture_output=True, text=True, timeout=900, check=False, cwd=REPO,
-        env={**os.environ, **env},
-    )  # fmt: skip
+    return playbook("site.yml", sandboxes, lab, tags=TAGS)
 
 
 def _refused_without_change(
     record: dict, sandboxes: Path, lab_users: list, tmp_path: Path, names: str, **settings
 ) -> str:
-    before = ssh(record, STATE.format(registry="/var/lib/metalab/lab_users.json")).stdout
+    before = ssh(record, STATE).stdout
     assert ssh(record, f"sudo touch {MARKER}").returncode == 0
     result = _site(sandboxes, lab_users, tmp_path, **settings)
     output = result.stdout + result.stderr
@@ -59,7 +55,7 @@ def _refused_without_change(
     assert totals["failed"] == 1 and totals["changed"] == 0, totals
     changed = ssh(record, CHANGED_FILES)
     assert changed.returncode == 0 and changed.stdout == "", "files changed by a refused run:\n" + changed.stdout
-    assert ssh(record, STATE.format(registry="/var/lib/metalab/lab_users.json")).stdout == before
+    assert ssh(record, STATE).stdout == before
     return output
 
 

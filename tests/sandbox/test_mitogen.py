@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LABCTL, labctl, recap, ssh, up
+from conftest import LABCTL, labctl, playbook, recap, ssh, up
 
 from metalab import runner
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "mg1"
 TAGS = "base,storage,lab_users"
 LAB_VARS = {
@@ -48,10 +47,7 @@ def _without_strategy() -> dict[str, str]:
 
 
 def _playbook(inventory: Path) -> subprocess.CompletedProcess[str]:
-    argv = ["ansible-playbook", str(REPO / "playbooks" / "site.yml"), "--tags", TAGS, "-i", str(inventory)]
-    env = {**_without_strategy(), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    env.update(_mitogen_env())
-    return subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, cwd=REPO, env=env)
+    return playbook("site.yml", inventory, tags=TAGS, environ={**_without_strategy(), **_mitogen_env()})
 
 
 def _sudo_commands(record: dict, since: float, until: float) -> list[str]:

@@ -11,14 +11,10 @@ guard, is kept): about two minutes on the development machine.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import yaml
-from conftest import labctl, recap, ssh, up
+from conftest import REPO, labctl, playbook, recap, ssh, up
 
-REPO = Path(__file__).resolve().parents[2]
 NAMES = ["bm1", "bm2", "bm3"]
 TAGS = "base,storage,lab_users,session_limits"
 LAB_VARS = {
@@ -29,24 +25,13 @@ LAB_VARS = {
 }
 
 
-def _roles(playbook: str) -> list:
-    plays = yaml.safe_load((REPO / "playbooks" / playbook).read_text())
+def _roles(name: str) -> list:
+    plays = yaml.safe_load((REPO / "playbooks" / name).read_text())
     return [(r["role"], sorted(r.get("tags", []))) for play in plays for r in play.get("roles", [])]
 
 
 def test_rolling_update_applies_the_same_roles_as_site():
     assert _roles("rolling_update.yml") == _roles("site.yml")
-
-
-def _playbook(playbook: str, *inventories: Path) -> subprocess.CompletedProcess[str]:
-    argv = ["ansible-playbook", str(REPO / "playbooks" / playbook), "--tags", TAGS]
-    for inventory in inventories:
-        argv += ["-i", str(inventory)]
-    env = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    return subprocess.run(
-        argv, capture_output=True, text=True, timeout=900, check=False, cwd=REPO,
-        env={**os.environ, **env},
-    )  # fmt: skip
 
 
 def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, tmp_path):
@@ -56,7 +41,7 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
         sandboxes.write_text(labctl("inventory", *NAMES).stdout)
         lab = tmp_path / "lab.yml"
         lab.write_text(json.dumps({"all": {"vars": LAB_VARS}}))
-        converge = _playbook("site.yml", sandboxes, lab)
+        converge = playbook("site.yml", sandboxes, lab, tags=TAGS)
         assert converge.returncode == 0, converge.stdout[-3000:] + converge.stderr[-2000:]
 
         # The update adds dave everywhere; bm2's host vars ask for a package no mirror has (the injected failure:
@@ -73,7 +58,7 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
                 }
             )
         )
-        result = _playbook("rolling_update.yml", sandboxes, lab, update)
+        result = playbook("rolling_update.yml", sandboxes, lab, update, tags=TAGS)
         output = result.stdout + result.stderr
         assert result.returncode != 0, output[-3000:]
         totals = recap(result.stdout)
