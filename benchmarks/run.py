@@ -4,12 +4,14 @@ Every figure is the median of N runs with min and max; targets are ratios measur
 cases of one section are interleaved, so load from elsewhere on the machine hits them alike). Results: a table
 on stdout and JSON under benchmarks/results/ (benchmarks/results/quick/ with --quick).
 
-    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,guard] [--repeat N] [--profile]
+    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,guard] [--repeat N] [--rtt-ms 10,30]
+                             [--profile]
 
 Sections (lab hosts are nspawn sandboxes named bm1..bm10, always taken down at the end):
   users    no-change rerun of site.yml on 1 host with 1, 50 and 200 lab users         target: 200 <= 1.5x 1
   hosts    no-change rerun on 1, 5 and 10 sandboxes at once (forks >= 10)             target: 10 <= 3x 1
   config   the same rerun with metalab's ansible.cfg vs Ansible's defaults            target: defaults >= 2x
+           (also over an emulated network round trip, --rtt-ms: SSH through benchmarks/netdelay.py)
   latency  `metalab-guard start alice` on the host to the first 200 of her JupyterLab API through the front
            door (median of 10; converges the whole site, runtime image included, on one sandbox)  target: < 5 s
   guard    one guard run over a 10 000-row ledger (benchmarks/guard_bench.py)        target: < 1 s
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -258,6 +260,7 @@ class Case:
     env: Dict[str, str] = field(default_factory=dict)
     config: str = ""
     tags: Optional[str] = SUBSET_TAGS  # None: the whole site.yml
+    rtt_ms: float = 0  # round trip added to the SSH stream (netdelay.py); 0: the sandboxes' own veth
     times: List[float] = field(default_factory=list)
     changed: List[int] = field(default_factory=list)
     cpu: List[float] = field(default_factory=list)
@@ -269,6 +272,7 @@ class Case:
             "label": self.label,
             "hosts": self.hosts,
             "config": self.config or ("metalab" if self.cfg == METALAB_CFG else "ansible-defaults"),
+            "rtt_ms": self.rtt_ms,
             **figure(self.times),
             "changed": self.changed,
         }
@@ -337,6 +341,29 @@ def defaults_cfg(workdir: Path) -> Path:
     return path
 
 
+@contextmanager
+def network(work: Path, rtt_ms: float) -> Iterator[Dict[str, str]]:
+    """The environment that sends a run's SSH through netdelay.py with `rtt_ms` added to every round trip.
+
+    Each round trip gets its own ControlPath directory, so a run never borrows a master connection opened
+    without the delay (or with another one). The masters are closed when the block ends.
+    """
+    if not rtt_ms:
+        yield {}
+        return
+    control = work / f"cp-rtt{rtt_ms:g}"
+    control.mkdir(parents=True, exist_ok=True)
+    proxy = f"{sys.executable} {BENCH / 'netdelay.py'} --rtt-ms {rtt_ms:g} %h %p"
+    try:
+        yield {"ANSIBLE_SSH_EXTRA_ARGS": f'-o ProxyCommand="{proxy}"', "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control)}
+    finally:
+        for sock in control.iterdir():
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "lab-host"], capture_output=True, check=False,
+                timeout=30,
+            )  # fmt: skip
+
+
 def metalab_forks() -> int:
     for line in METALAB_CFG.read_text().splitlines():
         m = re.match(r"^\s*forks\s*=\s*(\d+)", line)
@@ -368,11 +395,47 @@ def section_users(work: Path, repeat: int, quick: bool) -> Dict[str, Any]:
     }
 
 
-def section_hosts(work: Path, repeat: int, quick: bool, with_config: bool, with_hosts: bool) -> List[Dict[str, Any]]:
+def config_cases(
+    base: Case, default_cfg: Path, rtts: Sequence[float], envs: Dict[float, Dict[str, str]], mitogen_env: Dict[str, str]
+) -> List[Tuple[Case, Case, Optional[Case]]]:
+    """For one metalab case: (metalab, Ansible's defaults, metalab + Mitogen or None) at each round trip."""
+    out: List[Tuple[Case, Case, Optional[Case]]] = []
+    for rtt in rtts:
+        net = envs[rtt]
+        suffix = f", RTT {rtt:g} ms" if rtt else ""
+        ours = base if not rtt else Case(f"{base.label}{suffix}", base.limit, METALAB_CFG, base.hosts, env=dict(net),
+                                         tags=base.tags, rtt_ms=rtt)  # fmt: skip
+        theirs = Case(f"{base.label}, Ansible defaults{suffix}", base.limit, default_cfg, base.hosts, env=dict(net),
+                      tags=base.tags, rtt_ms=rtt)  # fmt: skip
+        mito = None
+        if mitogen_env:
+            mito = Case(f"{base.label}, + Mitogen{suffix}", base.limit, METALAB_CFG, base.hosts,
+                        env={**net, **mitogen_env}, config="metalab+mitogen", tags=base.tags, rtt_ms=rtt)  # fmt: skip
+        out.append((ours, theirs, mito))
+    return out
+
+
+def config_targets(triples: List[Tuple[Case, Case, Optional[Case]]], where: str) -> List[Dict[str, Any]]:
+    """metalab's ansible.cfg against the defaults (the verdict), and the Mitogen extra beside it."""
+    targets = []
+    for ours, theirs, mito in triples:
+        net = f", RTT {ours.rtt_ms:g} ms" if ours.rtt_ms else ""
+        targets.append(target(f"defaults vs metalab, {where}{net}", ratio(theirs.result(), ours.result()), ">=", 2.0))
+        if mito is not None:
+            targets.append(
+                target(f"defaults vs metalab + Mitogen extra, {where}{net}", ratio(theirs.result(), mito.result()),
+                       ">=", 2.0)
+            )  # fmt: skip
+    return targets
+
+
+def section_hosts(
+    work: Path, repeat: int, quick: bool, with_config: bool, with_hosts: bool, rtts: Sequence[float]
+) -> List[Dict[str, Any]]:
     sizes = [1, 3] if quick else [1, 5, 10]
     names = [f"bm{i + 1}" for i in range(sizes[-1])]
     out: List[Dict[str, Any]] = []
-    with fleet(names, work) as f:
+    with fleet(names, work) as f, ExitStack() as stack:
         lab = f.vars_inventory(dict.fromkeys(names, 3))
         inventories = [f.sandbox_inventory, lab]
         first = converge(f, inventories, SUBSET_TAGS, "fleet")
@@ -380,27 +443,14 @@ def section_hosts(work: Path, repeat: int, quick: bool, with_config: bool, with_
             Case(f"{n} host{'s' if n > 1 else ''} at once", ",".join(names[:n]), METALAB_CFG, n) for n in sizes
         ]
         cases = list(fleet_cases) if with_hosts else [fleet_cases[0], fleet_cases[-1]]
-        default = defaults_cfg(work)
-        config_cases: List[Tuple[Case, Case]] = []
-        mitogen_cases: List[Case] = []
+        per_size: List[List[Tuple[Case, Case, Optional[Case]]]] = []
         if with_config:
-            for metalab_case in (fleet_cases[0], fleet_cases[-1]):
-                d = Case(f"{metalab_case.label}, Ansible defaults", metalab_case.limit, default, metalab_case.hosts)
-                config_cases.append((metalab_case, d))
-                cases.append(d)
-            env = mitogen()
-            if env:
-                for metalab_case in (fleet_cases[0], fleet_cases[-1]):
-                    m = Case(
-                        f"{metalab_case.label}, + Mitogen",
-                        metalab_case.limit,
-                        METALAB_CFG,
-                        metalab_case.hosts,
-                        env=env,
-                        config="metalab+mitogen",
-                    )
-                    mitogen_cases.append(m)
-                    cases.append(m)
+            envs = {rtt: stack.enter_context(network(work, rtt)) for rtt in [0.0, *rtts]}
+            extra = mitogen()
+            for base in (fleet_cases[0], fleet_cases[-1]):
+                triples = config_cases(base, defaults_cfg(work), [0.0, *rtts], envs, extra)
+                per_size.append(triples)
+                cases += [c for triple in triples for c in triple if c is not None and c not in cases]
         measure(f, inventories, cases, repeat)
     if with_hosts:
         r = ratio(fleet_cases[-1].result(), fleet_cases[0].result())
@@ -417,42 +467,25 @@ def section_hosts(work: Path, repeat: int, quick: bool, with_config: bool, with_
             }
         )
     if with_config:
-        targets = []
-        results = []
-        for metalab_case, d in config_cases:
-            results += [metalab_case.result(), d.result()]
+        targets: List[Dict[str, Any]] = []
+        results: List[Dict[str, Any]] = []
+        for triples in per_size:
+            hosts = triples[0][0].hosts
+            results += [c.result() for triple in triples for c in triple if c is not None]
+            targets += config_targets(triples, f"{hosts} host(s)")
+        one, many = per_size[0][0][2], per_size[-1][0][2]
+        if one is not None and many is not None:
             targets.append(
-                target(
-                    f"defaults vs metalab, {metalab_case.hosts} host(s)",
-                    ratio(d.result(), metalab_case.result()),
-                    ">=",
-                    2.0,
-                )
-            )
-        # The optional Mitogen extra (docs/performance.md) against the same defaults, reported beside the
-        # verdicts above, which are for metalab's ansible.cfg alone.
-        for m, (_metalab_case, d) in zip(mitogen_cases, config_cases):
-            results.append(m.result())
-            targets.append(
-                target(
-                    f"defaults vs metalab + Mitogen extra, {m.hosts} host(s)", ratio(d.result(), m.result()), ">=", 2.0
-                )
-            )
-        if len(mitogen_cases) == 2:
-            targets.append(
-                target(
-                    f"{mitogen_cases[1].hosts} hosts vs 1 host, metalab + Mitogen extra",
-                    ratio(mitogen_cases[1].result(), mitogen_cases[0].result()),
-                    "<=",
-                    3.0,
-                )
-            )
+                target(f"{many.hosts} hosts vs 1 host, metalab + Mitogen extra", ratio(many.result(), one.result()),
+                       "<=", 3.0)
+            )  # fmt: skip
         out.append(
             {
                 "section": "config",
                 "tags": SUBSET_TAGS,
                 "defaults_cfg": DEFAULTS_CFG.format(repo="<repo>"),
-                "mitogen": "not installed (pip install 'metalab[mitogen]')" if not mitogen_cases else "0.3.54",
+                "mitogen": "0.3.54" if one is not None else "not installed (pip install 'metalab[mitogen]')",
+                "rtt_ms": [0.0, *rtts],
                 "cases": results,
                 "targets": targets,
             }
@@ -492,22 +525,18 @@ print(json.dumps({"times": times, "errors": errors}))
 """
 
 
-def section_latency(work: Path, repeat: int, rerun_repeat: int) -> Dict[str, Any]:
-    with fleet(["bm1"], work) as f:
+def section_latency(work: Path, repeat: int, rerun_repeat: int, rtts: Sequence[float]) -> Dict[str, Any]:
+    with fleet(["bm1"], work) as f, ExitStack() as stack:
         lab = f.vars_inventory({"bm1": 1})
         first = converge(f, [f.sandbox_inventory, lab], None, "latency")
         # While the whole site is converged here: its no-change rerun (runtime roles included), with metalab's
-        # ansible.cfg, with Ansible's defaults and with the Mitogen extra, interleaved like the other sections.
-        site_cases = [
-            Case("whole site.yml rerun, 1 host", "bm1", METALAB_CFG, 1, tags=None),
-            Case("whole site.yml rerun, 1 host, Ansible defaults", "bm1", defaults_cfg(work), 1, tags=None),
-        ]
-        env = mitogen()
-        if env:
-            label = "whole site.yml rerun, 1 host, + Mitogen"
-            site_cases.append(Case(label, "bm1", METALAB_CFG, 1, env=env, config="metalab+mitogen", tags=None))
+        # ansible.cfg, with Ansible's defaults and with the Mitogen extra, at each round trip, interleaved like
+        # the other sections.
+        envs = {rtt: stack.enter_context(network(work, rtt)) for rtt in [0.0, *rtts]}
+        base = Case("whole site.yml rerun, 1 host", "bm1", METALAB_CFG, 1, tags=None)
+        triples = config_cases(base, defaults_cfg(work), [0.0, *rtts], envs, mitogen())
+        site_cases = [c for triple in triples for c in triple if c is not None]
         measure(f, [f.sandbox_inventory, lab], site_cases, rerun_repeat)
-        defaults = site_cases[1]
         info = f.info["bm1"]
         ssh = [
             "ssh", "-p", str(info["ansible_port"]), "-i", info["ansible_ssh_private_key_file"],
@@ -530,11 +559,7 @@ def section_latency(work: Path, repeat: int, rerun_repeat: int) -> Dict[str, Any
         "cases": [dict(fig, label=f"runtime start to first API answer (n={len(data['times'])})")]
         + [c.result() for c in site_cases],
         "targets": [target("start to first API answer (s)", fig["median_s"], "<", 5.0)]
-        + [
-            target(f"whole site: defaults vs {c.result()['config']}", ratio(defaults.result(), c.result()), ">=", 2.0)
-            for c in site_cases
-            if c is not defaults
-        ],
+        + config_targets(triples, "whole site, 1 host"),
     }
 
 
@@ -567,7 +592,7 @@ def target(what: str, value: float, op: str, bound: float) -> Dict[str, Any]:
 
 
 def print_table(sections: List[Dict[str, Any]]) -> None:
-    print(f"{'case':<52}{'median s':>10}{'min s':>9}{'max s':>9}{'cpu busy':>9}{'ctl cpu s':>10}  n  changed")
+    print(f"{'case':<62}{'median s':>10}{'min s':>9}{'max s':>9}{'cpu busy':>9}{'ctl cpu s':>10}  n  changed")
     for sec in sections:
         tags = f" (site.yml --tags {sec['tags']})" if sec.get("tags") else ""
         print(f"[{sec['section']}]{tags}")
@@ -576,7 +601,7 @@ def print_table(sections: List[Dict[str, Any]]) -> None:
             busy = f"{c['cpu_busy_fraction']:.0%}" if "cpu_busy_fraction" in c else "-"
             ctl = f"{c['controller_cpu_s_median']:.1f}" if "controller_cpu_s_median" in c else "-"
             print(
-                f"  {c['label']:<50}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}{busy:>9}{ctl:>10}"
+                f"  {c['label']:<60}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}{busy:>9}{ctl:>10}"
                 f"  {len(c['runs'])}  {changed}"
             )
     print()
@@ -592,6 +617,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--repeat", type=int, help="runs per figure (default 3; 1 with --quick)")
     parser.add_argument("--latency-repeat", type=int, default=10, help="runtime starts to time (default 10)")
+    parser.add_argument(
+        "--rtt-ms",
+        default="10,30",
+        help="comma-separated round trips (ms) to add to SSH for the config and whole-site comparisons, besides "
+        "the sandboxes' own (default 10,30; '' for none)",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the ansible-playbook logs (path printed)")
     parser.add_argument("--profile", action="store_true", help="record the 10 slowest tasks of each rerun in the JSON")
     args = parser.parse_args(argv)
@@ -603,6 +634,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
     if {"users", "hosts", "config", "latency"} & only and os.geteuid() != 0:
         parser.error("the sandbox sections need root (labctl sandbox); run as root or use --only guard")
+    try:
+        rtts = sorted({float(x) for x in args.rtt_ms.split(",") if x.strip()} - {0.0})
+    except ValueError:
+        parser.error(f"--rtt-ms: not a list of numbers: {args.rtt_ms!r}")
+    if any(r < 0 for r in rtts):
+        parser.error(f"--rtt-ms: a round trip cannot be negative: {args.rtt_ms!r}")
+    if args.quick:
+        rtts = rtts[-1:]
     repeat = args.repeat or (1 if args.quick else 3)
     results = BENCH / "results" / ("quick" if args.quick else "")
     results.mkdir(parents=True, exist_ok=True)
@@ -618,11 +657,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "hosts" in only or "config" in only:
             print("hosts/config: a fleet of sandboxes ...", file=sys.stderr, flush=True)
             (work / "fleet").mkdir()
-            sections += section_hosts(work / "fleet", repeat, args.quick, "config" in only, "hosts" in only)
+            sections += section_hosts(work / "fleet", repeat, args.quick, "config" in only, "hosts" in only, rtts)
         if "latency" in only and not args.quick:
             print("latency: converging the whole site on one sandbox (builds the runtime image) ...", file=sys.stderr)
             (work / "latency").mkdir()
-            sections.append(section_latency(work / "latency", args.latency_repeat, repeat))
+            sections.append(section_latency(work / "latency", args.latency_repeat, repeat, rtts))
         if "guard" in only:
             sections.append(section_guard(work, 3 if args.quick else max(repeat, 5), results))
     except BenchError as exc:
