@@ -317,7 +317,7 @@ def measure(f: Fleet, inventories: Sequence[Path], cases: List[Case], repeat: in
                     {"task": t["name"], "seconds": round(t["seconds"], 2)}
                     for t in sorted(tasks, key=lambda t: -t["seconds"])[:10]
                 ]
-            print(f"  {case.label:<34} run {rep + 1}/{repeat}: {run.seconds:6.1f} s", file=sys.stderr, flush=True)
+            print(f"  {case.label:<56} run {rep + 1}/{repeat}: {run.seconds:6.1f} s", file=sys.stderr, flush=True)
 
 
 def mitogen() -> Dict[str, str]:
