@@ -446,9 +446,9 @@ def section_hosts(
         per_size: List[List[Tuple[Case, Case, Optional[Case]]]] = []
         if with_config:
             envs = {rtt: stack.enter_context(network(work, rtt)) for rtt in [0.0, *rtts]}
-            extra = mitogen()
+            extra, default = mitogen(), defaults_cfg(work)
             for base in (fleet_cases[0], fleet_cases[-1]):
-                triples = config_cases(base, defaults_cfg(work), [0.0, *rtts], envs, extra)
+                triples = config_cases(base, default, [0.0, *rtts], envs, extra)
                 per_size.append(triples)
                 cases += [c for triple in triples for c in triple if c is not None and c not in cases]
         measure(f, inventories, cases, repeat)

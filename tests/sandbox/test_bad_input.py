@@ -63,23 +63,17 @@ def _refused_without_change(
     record: dict, sandboxes: Path, lab_users: list, tmp_path: Path, names: str, **settings
 ) -> str:
     with _cron_paused(record):
-        return _refused_without_change_of_files(record, sandboxes, lab_users, tmp_path, names, **settings)
-
-
-def _refused_without_change_of_files(
-    record: dict, sandboxes: Path, lab_users: list, tmp_path: Path, names: str, **settings
-) -> str:
-    before = ssh(record, STATE).stdout
-    assert ssh(record, f"sudo touch {MARKER}").returncode == 0
-    result = _site(sandboxes, lab_users, tmp_path, **settings)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output[-3000:]
-    assert names in output, output[-3000:]
-    totals = recap(result.stdout)[NAME]
-    assert totals["failed"] == 1 and totals["changed"] == 0, totals
-    changed = ssh(record, CHANGED_FILES)
-    assert changed.returncode == 0 and changed.stdout == "", "files changed by a refused run:\n" + changed.stdout
-    assert ssh(record, STATE).stdout == before
+        before = ssh(record, STATE).stdout
+        assert ssh(record, f"sudo touch {MARKER}").returncode == 0
+        result = _site(sandboxes, lab_users, tmp_path, **settings)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0, output[-3000:]
+        assert names in output, output[-3000:]
+        totals = recap(result.stdout)[NAME]
+        assert totals["failed"] == 1 and totals["changed"] == 0, totals
+        changed = ssh(record, CHANGED_FILES)
+        assert changed.returncode == 0 and changed.stdout == "", "files changed by a refused run:\n" + changed.stdout
+        assert ssh(record, STATE).stdout == before
     return output
 
 
