@@ -12,7 +12,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
 
 from ansible_collections.metalab.lab.plugins.module_utils.quota import SizeError, human_size, parse_size
 
-NAME_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+# Matched in full (fullmatch): "$" alone would accept a trailing newline.
+NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
+PREFIX_RE = re.compile(r"[a-z_][a-z0-9_-]*")
 ALLOWED_KEYS = ("name", "quota", "gpu", "state", "uid", "comment")
 STATES = ("present", "absent")
 # Refused even though the prefix keeps host accounts apart: these names confuse people and logs.
@@ -116,7 +118,7 @@ def validate_users(
             "errors": ["lab_users must be a list of entries, got " + type(entries).__name__],
             "warnings": [],
         }
-    if not re.match(r"^[a-z_][a-z0-9_-]*$", prefix or "x"):
+    if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix or "x"):
         errors.append("lab_users_prefix " + repr(prefix) + " is not POSIX-safe (lowercase letters, digits, _ and -)")
     try:
         default_bytes: Optional[int] = parse_size(default_quota) if default_quota not in (None, "") else None
@@ -136,7 +138,7 @@ def validate_users(
         if unknown:
             problems.append("unknown key(s) " + ", ".join(unknown) + " (allowed: " + ", ".join(ALLOWED_KEYS) + ")")
         name = entry.get("name")
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             problems.append(
                 "invalid name " + repr(name) + ": use 1-31 characters, lowercase letters, digits, _ and -, "
                 "starting with a letter or _"

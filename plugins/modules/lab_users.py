@@ -15,8 +15,9 @@ description:
     recorded in O(registry), else the lowest free id from O(uid_base)), a primary group with the same id,
     O(shell), no privileged supplementary group, a home C(<homes_root>/<name>) with mode 0700, and a hard disk
     quota (XFS via C(xfs_quota), ext4 via C(setquota)).
-  - An absent user's home is archived first (C(tar.gz) plus C(.sha256) under O(archive_dir), verified by reading
-    it back), then the quota, account, group and home are removed. Archives are never deleted.
+  - An absent user's home is archived first (C(tar.gz) by GNU tar with C(--sparse), so sparse files stay small,
+    plus C(.sha256) under O(archive_dir), verified by reading it back), then the quota, account, group and home
+    are removed. Archives are never deleted.
 version_added: 0.1.0
 author: metalab contributors
 options:
@@ -66,9 +67,11 @@ options:
     type: path
     default: /srv/metalab/archive
   shell:
-    description: Login shell of lab accounts.
+    description:
+      - Login shell of lab accounts; existing accounts are changed to it. Lab accounts own files and run
+        containers, they never log in, so the default refuses a login.
     type: path
-    default: /bin/bash
+    default: /usr/sbin/nologin
   member_group:
     description:
       - Unprivileged group every lab account belongs to (the base role's hardening keys off it); must exist.
@@ -121,7 +124,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import stat  # noqa: E402
-import tarfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.metalab.lab.plugins.module_utils.labusers import (  # noqa: E402
@@ -229,10 +231,12 @@ class LabUsers:
         os.makedirs(archive_dir, mode=0o700, exist_ok=True)
         path = os.path.join(archive_dir, login + "-" + utc_stamp() + ".tar.gz")
         tmp = path + ".partial"
-        with tarfile.open(tmp, "w:gz") as tar:
-            tar.add(home, arcname=os.path.basename(home.rstrip("/")))
-        with tarfile.open(tmp, "r:gz") as tar:  # read it back before anything is deleted
-            tar.getmembers()
+        parent, name = os.path.split(home.rstrip("/"))
+        # GNU tar, not Python's tarfile: --sparse keeps a sparse file's holes out of the archive (tarfile reads and
+        # compresses every zero of the apparent size); numeric owners because the account is removed next.
+        tar = self.module.get_bin_path("tar", required=True)
+        self.run([tar, "--create", "--gzip", "--sparse", "--numeric-owner", "--file", tmp, "--directory", parent, name])
+        self.run([tar, "--list", "--gzip", "--file", tmp])  # read it back before anything is deleted
         os.chmod(tmp, 0o600)
         os.rename(tmp, path)
         digest = sha256_of(path)
@@ -408,7 +412,7 @@ def main():
             "quota_mount": {"type": "path"},
             "registry": {"type": "path", "default": "/var/lib/metalab/lab_users.json"},
             "archive_dir": {"type": "path", "default": "/srv/metalab/archive"},
-            "shell": {"type": "path", "default": "/bin/bash"},
+            "shell": {"type": "path", "default": "/usr/sbin/nologin"},
             "privileged_groups": {"type": "list", "elements": "str"},
             "member_group": {"type": "str"},
         },

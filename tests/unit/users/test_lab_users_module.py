@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -28,6 +29,9 @@ class Host:
         self.calls.append(list(argv))
         if argv[0] in self.fail:
             return self.fail[argv[0]]
+        if os.path.basename(argv[0]) == "tar":  # the real GNU tar: archives are checked by reading them
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            return done.returncode, done.stdout, done.stderr
         if argv[:2] == ["getent", "passwd"]:
             return 0, self.passwd, ""
         if argv[:2] == ["getent", "group"]:
@@ -51,11 +55,15 @@ class Host:
             login = argv[-1]
             home = argv[argv.index("--home-dir") + 1]
             os.makedirs(home, mode=0o755)
-            self.passwd += "{}:x:{}:{}::{}:{}\n".format(login, opts["--uid"], opts["--gid"], home, "/bin/bash")
+            self.passwd += "{}:x:{}:{}::{}:{}\n".format(login, opts["--uid"], opts["--gid"], home, opts["--shell"])
             return 0, "", ""
         if argv[0] == "userdel":
             self.passwd = "".join(x + "\n" for x in self.passwd.splitlines() if not x.startswith(argv[-1] + ":"))
             self.group = "".join(x + "\n" for x in self.group.splitlines() if not x.startswith(argv[-1] + ":"))
+            return 0, "", ""
+        if argv[:2] == ["usermod", "--shell"]:
+            lines = [x.split(":") for x in self.passwd.splitlines()]
+            self.passwd = "".join(":".join(f[:6] + [argv[2]] if f[0] == argv[3] else f) + "\n" for f in lines)
             return 0, "", ""
         if argv[0] in ("groupdel", "usermod", "gpasswd", "setquota"):
             return 0, "", ""
@@ -104,7 +112,13 @@ _OWNERS = {"alice": 20000, "bob": 20001}
 
 
 def changes(calls):
-    return [c for c in calls if c[0] not in ("getent",) and not (c[0] == "xfs_quota" and "report" in c[3])]
+    return [
+        c
+        for c in calls
+        if c[0] not in ("getent",)
+        and not (c[0] == "xfs_quota" and "report" in c[3])
+        and os.path.basename(c[0]) != "tar"
+    ]
 
 
 def test_add_then_idempotent_then_check_mode(env):
@@ -125,7 +139,7 @@ def test_add_then_idempotent_then_check_mode(env):
             str(env.homes / "alice"),
             "--create-home",
             "--shell",
-            "/bin/bash",
+            "/usr/sbin/nologin",
             "lab-alice",
         ],
         ["xfs_quota", "-x", "-c", "limit -u bsoft=0 bhard=15728640k 20000", str(env.homes)],
@@ -141,7 +155,7 @@ def test_add_then_idempotent_then_check_mode(env):
             str(env.homes / "bob"),
             "--create-home",
             "--shell",
-            "/bin/bash",
+            "/usr/sbin/nologin",
             "lab-bob",
         ],
         ["xfs_quota", "-x", "-c", "limit -u bsoft=0 bhard=1048576k 20001", str(env.homes)],
@@ -261,3 +275,58 @@ def test_ext4_uses_setquota(env):
     assert not result.failed
     assert ["repquota", "-u", "-n", str(env.homes)] in env.host.calls
     assert ["setquota", "-u", "20000", "0", "1048576", "0", "0", str(env.homes)] in env.host.calls
+
+
+def test_existing_login_shell_is_replaced_by_nologin(env):
+    # An account made with a login shell (before metalab refused logins) gets nologin on the next run.
+    env.host.passwd += "lab-alice:x:20000:20000::" + str(env.homes / "alice") + ":/bin/bash\n"
+    env.host.group += "lab-alice:x:20000:\nlabusers:x:999:lab-alice\n"
+    (env.homes / "alice").mkdir(mode=0o700)
+    result = env([{"name": "alice", "quota": "1G"}], member_group="labusers")
+    assert not result.failed, result.result
+    assert ["usermod", "--shell", "/usr/sbin/nologin", "lab-alice"] in env.host.calls
+    assert "shell=/usr/sbin/nologin" in result.result["diff"]["after"]
+    assert env([{"name": "alice", "quota": "1G"}], member_group="labusers").result["changed"] is False
+
+
+def test_sparse_file_is_archived_sparse_and_read_back(env):
+    env([{"name": "alice", "quota": "1G"}])
+    apparent = 2 * 1024**3
+    with open(env.homes / "alice" / "disk.img", "wb") as handle:  # 2 GiB apparent, a few bytes of data
+        handle.write(b"start")
+        handle.seek(apparent - 3)
+        handle.write(b"end")
+    (env.homes / "alice" / "notes.txt").write_text("kept\n")
+    result = env([{"name": "alice", "state": "absent"}])
+    assert not result.failed, result.result
+    (archive,) = result.result["archives"]
+    size = os.path.getsize(archive["path"])
+    assert size < 64 * 1024, f"archive of a sparse file is {size} bytes"  # tarfile wrote ~2 MiB of gzip'd zeros
+    assert archive["sha256"] == hashlib.sha256(Path(archive["path"]).read_bytes()).hexdigest()
+    listed = subprocess.run(["tar", "-tzvf", archive["path"]], capture_output=True, text=True, check=True).stdout
+    assert "alice/disk.img" in listed and "alice/notes.txt" in listed
+    assert str(apparent) in listed  # the member keeps its apparent size
+    assert [c[1:3] for c in env.host.calls if os.path.basename(c[0]) == "tar"] == [
+        ["--create", "--gzip"],
+        ["--list", "--gzip"],
+    ]
+
+
+def test_unreadable_archive_stops_before_the_home_is_removed(env):
+    env([{"name": "alice", "quota": "1G"}])
+    real = env.host.__class__.__call__
+
+    def broken_list(self, argv, **kwargs):
+        if os.path.basename(argv[0]) == "tar" and argv[1] == "--list":
+            return 2, "", "gzip: stdin: unexpected end of file"
+        return real(self, argv, **kwargs)
+
+    env.host.__class__.__call__ = broken_list
+    try:
+        result = env([{"name": "alice", "state": "absent"}])
+    finally:
+        env.host.__class__.__call__ = real
+    assert result.failed
+    assert "unexpected end of file" in result.result["msg"]
+    assert (env.homes / "alice").is_dir()
+    assert ["userdel", "lab-alice"] not in env.host.calls

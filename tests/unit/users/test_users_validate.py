@@ -87,3 +87,18 @@ def test_importable_without_ansible_objects():
     import ansible_collections.metalab.lab.plugins.module_utils.labusers as mod
 
     assert "AnsibleModule" not in vars(mod)
+
+
+@pytest.mark.parametrize("name", ["alice\n", "alice\r", " alice", "alice ", "al ice", "alice\n\n"])
+def test_name_is_matched_in_full(name):
+    # "$" in a pattern also matches before a trailing newline: "alice\n" must still be refused.
+    result = validate_users([{"name": name}])
+    assert result["users"] == []
+    assert result["errors"] == [
+        "lab_users[0] (name " + repr(name) + "): invalid name " + repr(name) + ": use 1-31 "
+        "characters, lowercase letters, digits, _ and -, starting with a letter or _"
+    ]
+
+
+def test_prefix_is_matched_in_full():
+    assert "is not POSIX-safe" in validate_users([{"name": "alice"}], prefix="lab-\n")["errors"][0]
