@@ -48,6 +48,13 @@ options:
         Disruptive for logged-in users, so off by default; a reboot does the same.
     type: bool
     default: false
+  nosuid_nodev:
+    description:
+      - Mount the homes C(nosuid,nodev): set-uid bits and device nodes in files tenants wrote are never honoured.
+        A mounted volume that lacks them is remounted in place (never unmounted, never reformatted). With
+        O(device=none) the homes directory is bind-mounted onto itself with these options (in fstab too).
+    type: bool
+    default: true
   fstab:
     description: The fstab file to manage.
     type: path
@@ -121,6 +128,8 @@ from ansible_collections.metalab.lab.plugins.module_utils.quota import (  # noqa
 MOUNTS_FILE = "/proc/self/mounts"
 PROC_FILESYSTEMS = "/proc/filesystems"
 KERNEL_QUOTA_DIR = "/proc/sys/fs/quota"
+# Homes hold files tenants wrote: set-uid bits and device nodes there are never honoured.
+SAFE_OPTIONS = ("nosuid", "nodev")
 XFS_PROC_DIR = "/proc/fs/xfs"
 
 
@@ -203,7 +212,9 @@ class Volume:
         }
         if sel["action"] == "none":
             self.ensure_dir(path)
-            result["size"] = filesystem_size(path)
+            if params["nosuid_nodev"]:
+                self.bind_homes(path)
+            result["size"] = filesystem_size(path) if os.path.isdir(path) else 0
             self.finish(result, None, None)
             return
 
@@ -266,7 +277,8 @@ class Volume:
             result["action"] = "format"
         result["uuid"] = uuid
 
-        options = "defaults," + QUOTA_MOUNT_OPTIONS[fstype]
+        safe = ",".join(SAFE_OPTIONS) + "," if params["nosuid_nodev"] else ""
+        options = "defaults," + safe + QUOTA_MOUNT_OPTIONS[fstype]
         spec = "UUID=" + uuid if uuid else "UUID=<made by mkfs>"
         fstab_path = params["fstab"]
         before = _read(fstab_path)
@@ -292,7 +304,7 @@ class Volume:
                 + "; unmount it or name that device in lab_homes_device",
                 **result,
             )
-        planned = {"fstype": fstype, "options": ["rw"] + QUOTA_MOUNT_OPTIONS[fstype].split(",")}
+        planned = {"fstype": fstype, "options": ["rw"] + list(SAFE_OPTIONS) + QUOTA_MOUNT_OPTIONS[fstype].split(",")}
         if mount is None:
             self.ensure_dir(path)
             self.changed = True
@@ -305,11 +317,47 @@ class Volume:
                 self.run(["umount", path])
                 self.run(["mount", path])
             mount = planned
+        elif params["nosuid_nodev"] and (self.has_quota_options(mount, fstype) or not params["quota_required"]):
+            # (a volume that fails for its quota options below is left as it is)
+            self.ensure_safe_options(mount, path, bind=False)
         if not self.module.check_mode and self.changed:
             mount = find_mount(parse_mounts(_read(MOUNTS_FILE)), path)
         for warning in self.warnings:
             self.module.warn(warning)
         self.finish(result, fstype, mount)
+
+    def ensure_safe_options(self, mount, path, bind):
+        """Remount in place with nosuid,nodev when the mount lacks one of them (per-mount flags: no unmount)."""
+        if all(option in mount["options"] for option in SAFE_OPTIONS):
+            return
+        self.changed = True
+        self.diff["before"] += path + " mounted " + ",".join(mount["options"]) + "\n"
+        self.diff["after"] += path + " mounted with " + ",".join(SAFE_OPTIONS) + "\n"
+        if not self.module.check_mode:
+            self.run(["mount", "-o", "remount," + ("bind," if bind else "") + ",".join(SAFE_OPTIONS), path])
+
+    def bind_homes(self, path):
+        """Homes on the root filesystem: bind-mount the directory onto itself with nosuid,nodev (fstab too)."""
+        fstab_path = self.params["fstab"]
+        before = _read(fstab_path)
+        after, fstab_changed = update_fstab(
+            before, path, fstab_line(path, path, "none", "bind," + ",".join(SAFE_OPTIONS))
+        )
+        if fstab_changed:
+            self.changed = True
+            self.diff.update(before=before, after=after, before_header=fstab_path, after_header=fstab_path)
+            if not self.module.check_mode:
+                self.write_fstab(fstab_path, after)
+        mount = find_mount(parse_mounts(_read(MOUNTS_FILE)), path)
+        if mount is None:
+            self.changed = True
+            if self.module.check_mode:
+                return
+            self.run(["mount", path])
+            mount = find_mount(parse_mounts(_read(MOUNTS_FILE)), path)
+            if mount is None:
+                self.module.fail_json(msg="mount " + path + " (a bind mount from " + fstab_path + ") mounted nothing")
+        self.ensure_safe_options(mount, path, bind=True)
 
     @staticmethod
     def has_quota_options(mount, fstype):
@@ -340,6 +388,7 @@ def main():
             "allow_format": {"type": "bool", "default": False},
             "quota_required": {"type": "bool", "default": True},
             "remount_ok": {"type": "bool", "default": False},
+            "nosuid_nodev": {"type": "bool", "default": True},
             "fstab": {"type": "path", "default": "/etc/fstab"},
         },
         supports_check_mode=True,

@@ -33,9 +33,26 @@ def env(tmp_path, monkeypatch, run_module):
         calls.append(list(argv))
         if argv[0] == "blkid":
             return 0, "DEVNAME=/dev/nvme0n1\nUUID=" + UUID + "\nTYPE=xfs\nLABEL=metalab-home\n", ""
+        if argv[:2] == ["mount", "-o"]:  # remount in place: the flags change, the mount stays
+            lines = mounts.read_text().splitlines()
+            target = argv[-1]
+            for i, line in enumerate(lines):
+                fields = line.split()
+                if fields[1] == target:
+                    extra = [o for o in argv[2].split(",") if o not in ("remount", "bind") and o not in fields[3]]
+                    fields[3] = ",".join(fields[3].split(",") + extra)
+                    lines[i] = " ".join(fields)
+            mounts.write_text("\n".join(lines) + "\n")
+            return 0, "", ""
+        if argv[0] == "mount" and state.get("bind"):
+            mounts.write_text(mounts.read_text() + "/dev/vda " + str(root) + " ext4 rw,relatime 0 0\n")
+            return 0, "", ""
         if argv[0] == "mount":
             mounts.write_text(
-                mounts.read_text() + "/dev/nvme0n1 " + str(root) + " xfs rw,relatime,usrquota,prjquota 0 0\n"
+                mounts.read_text()
+                + "/dev/nvme0n1 "
+                + str(root)
+                + " xfs rw,nosuid,nodev,relatime,usrquota,prjquota 0 0\n"
             )
             state["lsblk"] = "lsblk_reused.json"
         return 0, "", ""
@@ -77,7 +94,9 @@ def test_check_mode_then_format_then_rerun_reuses(env):
     assert ["mkfs.xfs", "-L", "metalab-home", "/dev/nvme0n1"] in env.calls
     assert ["mount", str(env.root)] in env.calls
     assert "wipefs" not in [c[0] for c in env.calls]
-    assert ("UUID=" + UUID + " " + str(env.root) + " xfs defaults,uquota,pquota 0 0") in env.fstab.read_text()
+    assert (
+        "UUID=" + UUID + " " + str(env.root) + " xfs defaults,nosuid,nodev,uquota,pquota 0 0"
+    ) in env.fstab.read_text()
     assert first.result["quota"] == {"enforceable": True, "causes": [], "backend": "xfs"}
 
     second = env()
@@ -132,3 +151,41 @@ def test_mounted_without_quota_options_reported(env):
     assert result.failed
     assert "mounted without quota options" in result.result["msg"]
     assert env.calls == []
+
+
+def test_mounted_volume_without_nosuid_nodev_is_remounted_in_place(env):
+    # A volume mounted before metalab asked for nosuid,nodev: remounted, never unmounted or reformatted.
+    env.state["lsblk"] = "lsblk_reused.json"
+    env.fstab.write_text("UUID=" + UUID + " " + str(env.root) + " xfs defaults,uquota,pquota 0 0\n")
+    env.mounts.write_text("/dev/nvme0n1 " + str(env.root) + " xfs rw,relatime,usrquota,prjquota 0 0\n")
+    checked = env(check=True)
+    assert checked.result["changed"] is True and env.calls == []
+    result = env()
+    assert not result.failed, result.result
+    assert result.result["changed"] is True
+    assert env.calls == [["mount", "-o", "remount,nosuid,nodev", str(env.root)]]
+    assert "defaults,nosuid,nodev,uquota,pquota" in env.fstab.read_text()
+    assert "nosuid" in env.mounts.read_text() and "nodev" in env.mounts.read_text()
+    again = env()
+    assert again.result["changed"] is False and env.calls == []
+    assert env(check=True).result["changed"] is False
+
+
+def test_homes_on_the_root_filesystem_are_bind_mounted_nosuid_nodev(env):
+    env.state["bind"] = True
+    assert env(device="none", quota_required=False, check=True).result["changed"] is True
+    assert env.calls == [] and str(env.root) not in env.fstab.read_text()
+    result = env(device="none", quota_required=False)
+    assert not result.failed, result.result
+    assert result.result["changed"] is True
+    assert (str(env.root) + " " + str(env.root) + " none bind,nosuid,nodev 0 0") in env.fstab.read_text()
+    assert env.calls == [["mount", str(env.root)], ["mount", "-o", "remount,bind,nosuid,nodev", str(env.root)]]
+    again = env(device="none", quota_required=False)
+    assert again.result["changed"] is False and env.calls == []
+    assert env(device="none", quota_required=False, check=True).result["changed"] is False
+
+
+def test_nosuid_nodev_can_be_turned_off(env):
+    result = env(device="none", quota_required=False, nosuid_nodev=False)
+    assert not result.failed and env.calls == []
+    assert str(env.root) not in env.fstab.read_text()
