@@ -117,7 +117,10 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
             raise Failure("token: only root may read runtime tokens")
         if args.user not in config.users:
             raise Refused(f"unknown user {args.user!r}: not a lab user on {config.host}")
-        print(files.read_or_create_token(config.runtime.token_dir, args.user))
+        token = files.read_token(config.runtime.token_dir, args.user)
+        if token is None:  # tokens live as long as the runtime: a new one at every start
+            raise Refused(f"{args.user} has no runtime running, so no token (start one first)")
+        print(token)
         return EXIT_OK
     if args.command == "undrain":
         removed = drain.clear(config.drain_file)

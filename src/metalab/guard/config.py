@@ -15,9 +15,38 @@ from metalab.guard.policy import KINDS, Policy, build_policy
 DEFAULT_CONFIG = "/etc/metalab/guard.json"
 CONFIG_ENV = "METALAB_GUARD_CONFIG"
 
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-FORBIDDEN_NETWORKS = ("host",)
+# Anchored with \Z, never ``$`` (which also accepts a trailing newline): .match() is a full match.
+USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# A runtime's network: its own namespace always. slirp4netns (options allowed, except reaching the host's loopback),
+# none, pasta, or a named podman network; never host, another container's or a path's namespace.
+NETWORK = re.compile(r"(slirp4netns(:[a-z0-9_]+=[A-Za-z0-9_.,/:-]*)*|none|pasta(:.*)?|[a-z0-9][a-z0-9_.-]{0,62})")
+FORBIDDEN_NETWORKS = ("host", "private", "bridge:host")
+# podman run options an admin may add through runtime.extra_args, and whether each takes a value. Everything else
+# (--privileged, --cap-add, --security-opt, --net/--network, --ipc, --pid, --uts, --userns, -v/--volume, --mount,
+# --device, --group-add, --read-only=false, --tmpfs over the home, ... in any spelling) is refused: an allowlist is
+# the only list that stays complete when podman learns a new option.
+EXTRA_ARGS_ALLOWED = {
+    "--cgroups": True,
+    "--ulimit": True,
+    "--passwd-entry": True,
+    "--cpus": True,
+    "--cpu-shares": True,
+    "--memory": True,
+    "--memory-reservation": True,
+    "--memory-swap": True,
+    "--pids-limit": True,
+    "--shm-size": True,
+    "--dns": True,
+    "--dns-search": True,
+    "--tz": True,
+    "--stop-timeout": True,
+    "--log-opt": True,
+    "--label": True,
+    "--annotation": True,
+}
+CGROUPS_VALUES = ("enabled", "disabled", "no-conmon", "split")
+SIZE = re.compile(r"[1-9][0-9]*[kmg]?", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -49,6 +78,13 @@ class RuntimeConfig:
     command: List[str] = field(default_factory=lambda: ["supervisord", "-n", "-c", "/etc/supervisor/supervisord.conf"])
     network: str = "slirp4netns"
     extra_args: List[str] = field(default_factory=list)
+    # Confinement (docs/security.md): a read-only root filesystem with size-limited tmpfs scratch space, a bounded
+    # container log, and the JupyterLab socket directory on its own small tmpfs (guard.json sets its size; "", the
+    # default here, keeps a plain directory, so that tests running as root mount nothing).
+    read_only: bool = True
+    tmpfs: Dict[str, str] = field(default_factory=lambda: {"/tmp": "1g", "/var/tmp": "256m"})
+    log_max_size: str = "10m"
+    socket_dir_size: str = ""
     resources: Dict[str, Resources] = field(default_factory=dict)
     resource_limits: bool = True
     grace_seconds: int = 30
@@ -75,6 +111,8 @@ class Config:
     log_file: Optional[str]
     metrics_path: str
     lock_timeout: float = 30.0
+    # How long a guard run waits for the lock (cron starts one a minute): it waits rather than skip.
+    run_lock_wait: float = 45.0
     drain_file: str = "/etc/metalab/drain"  # while it exists, no new runtimes start (metalab.guard.drain)
 
 
@@ -84,7 +122,7 @@ def _expect(cond: bool, message: str) -> None:
 
 
 def _user(name: str, raw: Any, policy_raw: Mapping[str, Any]) -> User:
-    _expect(isinstance(name, str) and bool(USER_NAME.match(name)), f"users: invalid user name {name!r}")
+    _expect(isinstance(name, str) and bool(USER_NAME.fullmatch(name)), f"users: invalid user name {name!r}")
     raw = raw or {}
     _expect(isinstance(raw, Mapping), f"users.{name}: expected an object, got {raw!r}")
     uid, gid, home = raw.get("uid"), raw.get("gid"), raw.get("home")
@@ -133,32 +171,71 @@ def _str_list(raw: Any, what: str) -> List[str]:
     return list(raw)
 
 
+def check_extra_args(extra: List[str]) -> None:
+    """Refuse every podman option that is not in EXTRA_ARGS_ALLOWED, whichever way it is spelled."""
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        name, eq, value = arg.partition("=")
+        if name not in EXTRA_ARGS_ALLOWED:
+            raise ConfigError(
+                f"runtime.extra_args: {arg!r} would weaken runtime isolation or is unknown to metalab "
+                f"(allowed: {', '.join(sorted(EXTRA_ARGS_ALLOWED))})"
+            )
+        if EXTRA_ARGS_ALLOWED[name] and not eq:
+            _expect(i + 1 < len(extra), f"runtime.extra_args: {arg!r} needs a value")
+            i += 1
+            value = extra[i]
+        if name == "--cgroups":
+            _expect(value in CGROUPS_VALUES, f"runtime.extra_args: --cgroups {value!r}: use one of {CGROUPS_VALUES}")
+        i += 1
+
+
+def _check_network(network: Any) -> None:
+    _expect(isinstance(network, str) and bool(network), "runtime.network: expected a network name")
+    allowed = (
+        bool(NETWORK.fullmatch(network))
+        and network.split(":", 1)[0] not in FORBIDDEN_NETWORKS
+        and network not in FORBIDDEN_NETWORKS
+        and "allow_host_loopback=true" not in network
+    )
+    _expect(allowed, f"runtime.network: {network!r} is not allowed (runtimes get their own network namespace)")
+
+
 def _runtime(raw: Any) -> RuntimeConfig:
     raw = dict(raw or {})
     base = RuntimeConfig()
     engine = raw.get("engine", base.engine)
     _expect(engine in ("podman", "fake"), f"runtime.engine: unknown engine {engine!r}; use podman")
     network = raw.get("network", base.network)
-    _expect(isinstance(network, str) and bool(network), "runtime.network: expected a network name")
-    _expect(
-        network.split(":", 1)[0] not in FORBIDDEN_NETWORKS,
-        f"runtime.network: {network!r} is not allowed (runtimes get their own network namespace)",
-    )
+    _check_network(network)
     command = raw.get("command", base.command)
     if isinstance(command, str):
         command = command.split()
     command = _str_list(command, "runtime.command")
     _expect(bool(command), "runtime.command: must not be empty")
     extra = _str_list(raw.get("extra_args", []), "runtime.extra_args")
-    for arg in extra:
+    check_extra_args(extra)
+    read_only = raw.get("read_only", base.read_only)
+    _expect(isinstance(read_only, bool), "runtime.read_only: expected true or false")
+    tmpfs = raw.get("tmpfs", base.tmpfs)
+    _expect(isinstance(tmpfs, Mapping), "runtime.tmpfs: expected an object of container path: size")
+    for path, size in tmpfs.items():
         _expect(
-            not arg.startswith(("--network", "--net=", "--privileged", "--cap-add", "--userns", "--pid=host")),
-            f"runtime.extra_args: {arg!r} would weaken runtime isolation",
+            isinstance(path, str) and os.path.isabs(path) and not path.startswith("/home"),
+            f"runtime.tmpfs: {path!r}: expected an absolute path outside the home",
+        )
+        _expect(isinstance(size, str) and bool(SIZE.fullmatch(size)), f"runtime.tmpfs.{path}: bad size {size!r}")
+    for key in ("log_max_size", "socket_dir_size"):
+        value = raw.get(key, getattr(base, key))
+        _expect(
+            isinstance(value, str) and (value == "" or bool(SIZE.fullmatch(value))),
+            f"runtime.{key}: expected a size such as 10m, got {value!r}",
         )
     env = raw.get("env", {}) or {}
     _expect(isinstance(env, Mapping), "runtime.env: expected an object of NAME: value")
     for key, value in env.items():
-        _expect(bool(ENV_NAME.match(str(key))), f"runtime.env: invalid variable name {key!r}")
+        _expect(bool(ENV_NAME.fullmatch(str(key))), f"runtime.env: invalid variable name {key!r}")
         _expect(isinstance(value, str) and "\n" not in value, f"runtime.env.{key}: expected a one-line string")
     gpus = raw.get("gpus", []) or []
     _expect(
@@ -171,7 +248,7 @@ def _runtime(raw: Any) -> RuntimeConfig:
     limits = raw.get("resource_limits", True)
     _expect(isinstance(limits, bool), "runtime.resource_limits: expected true or false")
     token_env = raw.get("token_env", base.token_env)
-    _expect(bool(ENV_NAME.match(str(token_env))), f"runtime.token_env: invalid variable name {token_env!r}")
+    _expect(bool(ENV_NAME.fullmatch(str(token_env))), f"runtime.token_env: invalid variable name {token_env!r}")
     paths = {}
     for key in ("socket_root", "token_dir", "env_dir"):
         value = raw.get(key, getattr(base, key))
@@ -186,6 +263,10 @@ def _runtime(raw: Any) -> RuntimeConfig:
         command=command,
         network=network,
         extra_args=extra,
+        read_only=read_only,
+        tmpfs={str(k): str(v) for k, v in tmpfs.items()},
+        log_max_size=str(raw.get("log_max_size", base.log_max_size)),
+        socket_dir_size=str(raw.get("socket_dir_size", base.socket_dir_size)),
         resources=_resources(raw.get("resources")),
         resource_limits=limits,
         grace_seconds=grace,
@@ -214,6 +295,11 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         _expect(user.uid not in uids, f"users.{user.name}.uid: {user.uid} is also the uid of {uids.get(user.uid)}")
         uids[user.uid] = user.name
     lock_timeout = data.get("lock_timeout", 30)
+    run_lock_wait = data.get("run_lock_wait", 45)
+    _expect(
+        isinstance(run_lock_wait, (int, float)) and 0 <= run_lock_wait <= 55,
+        "run_lock_wait: expected seconds, at most 55 (cron starts a guard run every minute)",
+    )
     drain_file = data.get("drain_file") or "/etc/metalab/drain"
     _expect(isinstance(drain_file, str) and os.path.isabs(drain_file), "drain_file: expected an absolute path")
     _expect(isinstance(lock_timeout, (int, float)) and lock_timeout >= 0, "lock_timeout: expected seconds")
@@ -229,6 +315,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         log_file=data.get("log_file"),
         metrics_path=str(data.get("metrics_path", "/var/lib/prometheus/node-exporter/metalab.prom")),
         lock_timeout=float(lock_timeout),
+        run_lock_wait=float(run_lock_wait),
         drain_file=drain_file,
     )
 

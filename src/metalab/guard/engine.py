@@ -122,6 +122,15 @@ class PodmanEngine:
             "--security-opt",
             "no-new-privileges",
         ]
+        if cfg.read_only:
+            # Nothing she writes outside her home lands on the host's disks: the image is read-only, scratch space is
+            # size-limited tmpfs (memory, counted in the runtime's memory limit where cgroups enforce one).
+            argv += ["--read-only", "--read-only-tmpfs=false"]
+            for path, size in sorted(cfg.tmpfs.items()):
+                argv += ["--tmpfs", f"{path}:rw,nosuid,nodev,size={size},mode=1777"]
+        if cfg.log_max_size:
+            # What the runtime prints (JupyterLab's log, or anything written to PID 1's stdout) is kept bounded.
+            argv += ["--log-driver=k8s-file", f"--log-opt=max-size={cfg.log_max_size}"]
         if cfg.resource_limits:
             res = cfg.resources.get(spec.kind)
             if res is not None:

@@ -12,6 +12,7 @@ import grp
 import os
 import secrets
 import stat
+import subprocess
 from typing import Dict, Optional
 
 
@@ -52,25 +53,17 @@ def ensure_private_dir(path: str) -> None:
         os.chmod(path, 0o700)
 
 
-def read_or_create_token(token_dir: str, user: str) -> str:
-    """The user's runtime token, generated once with secrets.token_urlsafe and kept root-only (0600)."""
+def new_token(token_dir: str, user: str) -> str:
+    """A fresh runtime token for USER (every start gets one), root-only (0600), replacing the previous one."""
     ensure_private_dir(token_dir)
-    path = os.path.join(token_dir, user)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        with open(path, encoding="utf-8") as fh:
-            token = fh.read().strip()
-        if token:
-            return token
-        os.unlink(path)  # an empty token file (killed while writing): make a new one
-        return read_or_create_token(token_dir, user)
     token = secrets.token_urlsafe(32)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(token + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    atomic_write(os.path.join(token_dir, user), token + "\n", mode=0o600)
     return token
+
+
+def remove_token(token_dir: str, user: str) -> None:
+    """A stopped runtime's token opens nothing, and nobody is handed it any more."""
+    remove_quietly(os.path.join(token_dir, user))
 
 
 def read_token(token_dir: str, user: str) -> Optional[str]:
@@ -101,6 +94,35 @@ def ensure_socket_dir(socket_root: str, user: str, uid: int, frontdoor_gid: int)
         os.lchown(path, uid, frontdoor_gid)
     os.chmod(path, 0o750)
     return path
+
+
+def _is_mountpoint(path: str) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        return any(line.split()[4] == path for line in fh if len(line.split()) > 4)
+
+
+def mount_socket_tmpfs(path: str, uid: int, gid: int, size: str) -> None:
+    """Put the socket directory on its own small tmpfs (root only): what the runtime writes there cannot fill the
+    host's /run, which every service shares. Nothing happens when it is mounted already."""
+    if not size or not _as_root() or _is_mountpoint(path):
+        return
+    options = f"size={size},nr_inodes=64,mode=0750,uid={uid},gid={gid},nosuid,nodev,noexec"
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "metalab-socket", path],
+        capture_output=True, text=True, check=False, timeout=30,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise FileError(f"mounting a {size} tmpfs on {path} failed: {proc.stderr.strip()}")
+
+
+def unmount_socket_tmpfs(socket_root: str, user: str) -> None:
+    """Unmount USER's socket tmpfs (after her runtime stopped); a directory that is not a mount is left alone."""
+    path = os.path.join(socket_root, user)
+    if not _as_root() or not _is_mountpoint(path):
+        return
+    proc = subprocess.run(["umount", path], capture_output=True, text=True, check=False, timeout=30)
+    if proc.returncode != 0:  # busy: detach now, the kernel frees it when the last user goes
+        subprocess.run(["umount", "-l", path], capture_output=True, text=True, check=False, timeout=30)
 
 
 def write_env_file(env_dir: str, user: str, env: Dict[str, str]) -> str:

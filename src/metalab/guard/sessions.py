@@ -1,9 +1,12 @@
 """Session operations (start, stop, extend, list, usage) and the guard and boot runs.
 
-Every operation that changes something holds the guard lock (``fcntl.flock`` on ``config.lock``): start, stop,
-extend and boot wait for it (up to ``lock_timeout``), the cron-driven guard run does not wait (a second concurrent
-run does nothing). Because a start holds the lock from its ledger insert to ``podman run`` returning, a guard run
-never mistakes a start in progress for a crash.
+Every operation that changes something holds the guard lock (``fcntl.flock`` on ``config.lock``, in a directory only
+root can write to). Start, stop, extend and boot wait for it (up to ``lock_timeout``). The cron-driven guard run waits
+too (up to ``run_lock_wait``) and goes first: it announces itself on ``<lock>.gate`` before it waits, and a start or
+stop does not take the lock while a guard run is announced, so a user who loops start/stop through the portal delays
+enforcement by one operation at most. A run that still could not take the lock is recorded (``guard.last-skip``
+beside the ledger, a counter in the ledger's meta) for ``labctl doctor`` and the metrics. Because a start holds the
+lock from its ledger insert to ``podman run`` returning, a guard run never mistakes a start in progress for a crash.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -40,10 +44,25 @@ NOTICE_DIR = ".metalab"
 NOTICE_FILE = "session-notice.txt"
 # Touched (mtime = the run's clock) at the end of every guard run, beside the ledger: `labctl doctor` reads its age.
 LAST_RUN_FILE = "guard.last-run"
+# Touched when a guard run gave up waiting for the lock: `labctl doctor` compares it with the last run.
+LAST_SKIP_FILE = "guard.last-skip"
 
 
 def last_run_path(ledger: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(ledger)), LAST_RUN_FILE)
+
+
+def last_skip_path(ledger: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(ledger)), LAST_SKIP_FILE)
+
+
+def _touch(path: str, now: float) -> None:
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+        os.utime(path, (now, now))
+    except OSError as exc:  # markers are health signals only: never fail the operation for them
+        log.warning("could not touch %s: %s", path, exc)
 
 
 class Refused(Exception):
@@ -59,13 +78,18 @@ class GuardLock:
         self.path = path
         self.fd: Optional[int] = None
 
-    def acquire(self, wait: float) -> bool:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o755, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+    def acquire(self, wait: float, mode: int = fcntl.LOCK_EX) -> bool:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        if os.geteuid() == 0:
+            st = os.lstat(directory)
+            if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o022:  # anyone else could hold the lock file
+                raise Failure(f"the lock directory {directory} must be owned by root and writable by root only")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         deadline_at = time.monotonic() + wait
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 self.fd = fd
                 return True
             except OSError as exc:
@@ -130,6 +154,7 @@ class Lab:
         self.ledger = ledger or Ledger(config.ledger)
         self.actor = actor
         self.lock = GuardLock(config.lock)
+        self.gate = GuardLock(config.lock + ".gate")
 
     def close(self) -> None:
         self.ledger.close()
@@ -137,7 +162,13 @@ class Lab:
     # -- helpers ------------------------------------------------------------------------------------------------
 
     def _locked(self, wait: Optional[float] = None) -> None:
-        if not self.lock.acquire(self.config.lock_timeout if wait is None else wait):
+        """Take the lock for an operation; a guard run that announced itself on the gate goes first."""
+        wait = self.config.lock_timeout if wait is None else wait
+        deadline_at = time.monotonic() + wait
+        if not self.gate.acquire(wait, fcntl.LOCK_SH):
+            raise Failure("the guard is enforcing session limits right now; try again in a moment")
+        self.gate.release()
+        if not self.lock.acquire(max(0.0, deadline_at - time.monotonic())):
             raise Failure(f"another metalab-guard holds {self.config.lock}; try again in a moment")
 
     def policy_for(self, user: str) -> Policy:
@@ -178,10 +209,20 @@ class Lab:
             "extended_seconds": row.extended_seconds,
         }
 
+    def _release_files(self, user: str) -> None:
+        """After a runtime is gone: its token opens nothing and its socket tmpfs is unmounted."""
+        rt = self.config.runtime
+        try:
+            files.remove_token(rt.token_dir, user)
+            files.unmount_socket_tmpfs(rt.socket_root, user)
+        except OSError as exc:  # never keep a stop from being recorded
+            log.warning("cleanup after the runtime of %s: %s", user, exc)
+
     # -- reconciliation -------------------------------------------------------------------------------------
 
     def _finish_stop(self, row: Runtime, now: float, report: Optional[RunReport] = None) -> None:
         self.engine.stop(row.container)
+        self._release_files(row.user)
         if self.ledger.close_row(row.id, None, ended=now, now=now, actor=self.actor) and report is not None:
             report.finished.append(row.user)
 
@@ -204,6 +245,7 @@ class Lab:
                     # The container exited or is gone: a crash (or a start killed before podman run finished).
                     if ours:
                         self.engine.remove(row.container)
+                    self._release_files(row.user)
                     state = info.state if ours and info is not None else "gone"
                     if self.ledger.close_row(
                         row.id, "crash", ended=now, now=now, actor=self.actor, container_state=state, phase=row.state
@@ -293,8 +335,10 @@ class Lab:
         env_file: Optional[str] = None
         try:
             rt = self.config.runtime
-            token = files.read_or_create_token(rt.token_dir, user.name)
-            sockdir = files.ensure_socket_dir(rt.socket_root, user.name, user.uid, files.group_id(rt.frontdoor_group))
+            token = files.new_token(rt.token_dir, user.name)  # a new token at every start
+            frontdoor_gid = files.group_id(rt.frontdoor_group)
+            sockdir = files.ensure_socket_dir(rt.socket_root, user.name, user.uid, frontdoor_gid)
+            files.mount_socket_tmpfs(sockdir, user.uid, frontdoor_gid, rt.socket_dir_size)
             env = dict(rt.env)
             # METALAB_USER: the runtime serves JupyterLab under the front door's /user/<name>/ (its base_url).
             env.update(
@@ -324,6 +368,7 @@ class Lab:
                 self.engine.remove(name)
             except EngineError as rm_exc:
                 log.error("cleanup after failed start of %s: %s", user.name, rm_exc)
+            self._release_files(user.name)
             self.ledger.close_row(row.id, "start-failed", ended=now, now=now, actor=self.actor, error=str(exc))
             raise Failure(f"starting a {kind} runtime for {user.name} failed: {exc}") from None
         finally:
@@ -338,6 +383,7 @@ class Lab:
         """Two-phase stop: record the reason, stop the container, close the row. Idempotent."""
         self.ledger.mark_stopping(row.id, reason, now, self.actor)
         self.engine.stop(row.container)
+        self._release_files(row.user)
         closed = self.ledger.close_row(row.id, None, ended=now, now=now, actor=self.actor)
         if closed:
             log.info("stopped runtime of %s (session %d): %s", row.user, row.id, reason)
@@ -434,10 +480,15 @@ class Lab:
     def run(self, now: Optional[float] = None) -> RunReport:
         """One guard run: reconcile, warn, stop what is past its limit or budget."""
         report = RunReport()
-        if not self.lock.acquire(0):
-            report.skipped = True
-            log.info("another guard run holds %s; nothing to do", self.config.lock)
-            return report
+        wait = self.config.run_lock_wait
+        deadline_at = time.monotonic() + wait
+        if not self.gate.acquire(wait):
+            return self._skipped(report, now)
+        try:
+            if not self.lock.acquire(max(0.0, deadline_at - time.monotonic())):
+                return self._skipped(report, now)
+        finally:
+            self.gate.release()  # announced long enough: the lock is ours (or the run is given up)
         try:
             now = time.time() if now is None else now
             self.reconcile(now, report)
@@ -465,13 +516,25 @@ class Lab:
             self.lock.release()
 
     def _mark_last_run(self, now: float) -> None:
-        path = last_run_path(self.config.ledger)
+        _touch(last_run_path(self.config.ledger), now)
+
+    def _skipped(self, report: RunReport, now: Optional[float]) -> RunReport:
+        """The lock stayed busy for run_lock_wait: say so where doctor and the metrics look, and in the log."""
+        now = time.time() if now is None else now
+        report.skipped = True
+        report.errors.append(
+            f"the guard lock {self.config.lock} stayed busy for {self.config.run_lock_wait:.0f}s: this run enforced "
+            "nothing (the next one tries again)"
+        )
+        _touch(last_skip_path(self.config.ledger), now)
         try:
-            with open(path, "a", encoding="utf-8"):
-                pass
-            os.utime(path, (now, now))
-        except OSError as exc:  # the marker is a health signal only: never fail the run for it
-            log.warning("could not touch %s: %s", path, exc)
+            count = int(self.ledger.meta("skipped_runs") or 0) + 1
+            self.ledger.set_meta("skipped_runs", str(count))
+            self.ledger.set_meta("last_skipped", repr(now))
+        except (LedgerError, ValueError) as exc:
+            log.warning("could not count the skipped run: %s", exc)
+        log.error("%s", report.errors[-1])
+        return report
 
     def boot(self, now: Optional[float] = None) -> RunReport:
         """At boot: close every open row (reason host-restart) and remove leftover containers.
@@ -489,6 +552,7 @@ class Lab:
                 try:
                     self.ledger.mark_stopping(row.id, "host-restart", now, self.actor)
                     self.engine.stop(row.container)
+                    self._release_files(row.user)
                 except EngineError as exc:
                     report.errors.append(f"{row.user}: {exc}")
                     continue

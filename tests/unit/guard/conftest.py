@@ -45,6 +45,7 @@ def base_config(tmp: Path) -> Dict[str, Any]:
             "socket_root": str(tmp / "sockets"),
             "frontdoor_group": grp.getgrgid(os.getgid()).gr_name,
             "token_dir": str(tmp / "tokens"),
+            "socket_dir_size": "",  # no tmpfs mounts from unit tests (they run as root in make test)
             "env_dir": str(tmp / "envdir"),
             "env": {"HTTPS_PROXY": "http://proxy.example:3128"},
             "gpus": [0, 1],

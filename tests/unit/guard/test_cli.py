@@ -100,6 +100,10 @@ def test_token_is_root_only(env, monkeypatch, capsys):
     assert cli.main(["token", "alice"]) == 1
     assert "only root" in capsys.readouterr().err
     monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert cli.main(["token", "alice"]) == 2  # no runtime, no token
+    assert "no runtime running" in capsys.readouterr().err
+    (env.tmp / "tokens").mkdir(mode=0o700)
+    (env.tmp / "tokens" / "alice").write_text("t0ken-of-the-running-runtime\n")
     assert cli.main(["token", "alice"]) == 0
     token = capsys.readouterr().out.strip()
     assert token == (env.tmp / "tokens" / "alice").read_text().strip()

@@ -55,12 +55,21 @@ def test_socket_dir_mode_and_group(env, lab):
         assert st.st_uid == 2001
 
 
-def test_token_is_stable_across_starts(env, lab):
+def test_token_changes_at_every_start_and_dies_with_the_runtime(env, lab):
+    token_path = env.tmp / "tokens" / "alice"
     lab.start("alice", "cpu", T0)
-    first = (env.tmp / "tokens" / "alice").read_text()
+    first = token_path.read_text()
+    assert env.sim.containers()["metalab-alice"]["env"]["JUPYTER_TOKEN"] == first.strip()
     lab.stop("alice", "user", T0 + H)
+    assert not token_path.exists()  # nobody is handed the token of a stopped runtime
     lab.start("alice", "cpu", T0 + 2 * H)
-    assert (env.tmp / "tokens" / "alice").read_text() == first
+    second = token_path.read_text()
+    assert second != first and len(second.strip()) >= 32
+    assert env.sim.containers()["metalab-alice"]["env"]["JUPYTER_TOKEN"] == second.strip()
+    # a crash (container gone) ends the token too, at the next guard run
+    env.sim.crash("metalab-alice")
+    lab.run(T0 + 2 * H + 60)
+    assert not token_path.exists()
 
 
 @pytest.mark.parametrize(
@@ -278,7 +287,9 @@ def test_guard_removes_orphan_containers(env, lab):
     }
 
 
-def test_second_concurrent_run_does_nothing(env, lab):
+def test_a_run_that_cannot_take_the_lock_says_so(env):
+    env.data["run_lock_wait"] = 1
+    lab = env.lab()
     lab.start("alice", "gpu", T0)
     other = env.lab()
     assert other.lock.acquire(0)
@@ -287,7 +298,12 @@ def test_second_concurrent_run_does_nothing(env, lab):
     finally:
         other.lock.release()
     assert report.skipped and report.stopped == []
+    assert "stayed busy" in report.errors[0]
     assert lab.ledger.get(1).state == "running"
+    assert (env.tmp / "state" / "guard.last-skip").stat().st_mtime == T0 + 5 * H
+    assert lab.ledger.meta("skipped_runs") == "1"
+    # the next run, with the lock free, enforces
+    assert lab.run(T0 + 5 * H + 60).stopped == [("alice", "limit")]
 
 
 def test_boot_closes_every_open_row_at_the_last_guard_run(env, lab):
