@@ -10,8 +10,16 @@ broker never lose each other's writes):
 
 - ``passwords``: ``{"users": {"alice": {"hash": "$scrypt$...", "generation": 2, "changed": ISO}}}``. The
   generation goes up with every password change; tickets carry it, so a new password ends old sessions.
-- ``state``: failures and lockouts per login name (unknown names too, so a lockout tells nothing about whether an
-  account exists), enrollment tokens (only their SHA-256 is stored), revoked ticket ids until they expire.
+- ``state``: failed logins and lockouts per (login name, client address) and per login name (unknown names too,
+  so a lockout tells nothing about whether an account exists), enrollment tokens (only their SHA-256 is stored),
+  revoked ticket ids until they expire.
+
+Login throttling (docs/portal.md, "Passwords, lockout, enrollment"): ``lockout_failures`` failed logins for a name
+from one client address lock that name *from that address* for ``lockout``; the same name from another address is
+not locked, so nobody can keep someone else out of her account. Per name, once a name has ``lockout_failures``
+failures in the window from all addresses together, an address that has failed for it waits before its next
+attempt is checked (1 s, doubling with every further failure of the name, at most ``login_slowdown_max``); an
+address that has not failed for the name never waits. IPv6 clients count per /64 (one host holds a whole /64).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -36,6 +45,8 @@ from metalab.guard.policy import format_clock, format_duration
 
 HASH_SCHEME = "$scrypt$"
 KEY_LEN = 32
+# Bound on the remembered failure records of each kind (an attacker with many addresses cannot grow the file).
+MAX_RECORDS = 20000
 
 
 class AuthError(Exception):
@@ -97,6 +108,26 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
+def client_key(client: str) -> str:
+    """The throttling key of a client address: the IPv4 address, the /64 of an IPv6 one, "-" when unknown."""
+    try:
+        ip = ipaddress.ip_address(client.strip())
+    except (ValueError, AttributeError):
+        return "-"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def _newest(records: Dict[str, Any], limit: int = MAX_RECORDS) -> Dict[str, Any]:
+    if len(records) <= limit:
+        return records
+    keep = sorted(records, key=lambda k: records[k].get("last", 0), reverse=True)[:limit]
+    return {k: records[k] for k in keep}
+
+
 @dataclass(frozen=True)
 class Account:
     user: str
@@ -155,16 +186,18 @@ class AuthStore:
 
     def _state(self, now: float) -> Dict[str, Any]:
         state = self._read(self.config.state)
-        for key in ("failures", "enrollments", "revoked"):
+        for key in ("failures", "names", "enrollments", "revoked"):
             if not isinstance(state.get(key), dict):
                 state[key] = {}
         # Forget what can no longer matter: old failures, used-up enrollments, revocations of expired tickets.
+        # "failures" is keyed "NAME ADDRESS" (a name has no space), "names" by NAME.
         window = self.config.lockout_seconds
-        state["failures"] = {
-            name: f
-            for name, f in state["failures"].items()
-            if f.get("locked_until", 0) > now or now - f.get("last", 0) < window
-        }
+        state["failures"] = _newest({
+            key: f
+            for key, f in state["failures"].items()
+            if " " in key and (f.get("locked_until", 0) > now or now - f.get("last", 0) < window)
+        })  # fmt: skip
+        state["names"] = _newest({name: f for name, f in state["names"].items() if now - f.get("last", 0) < window})
         state["enrollments"] = {k: e for k, e in state["enrollments"].items() if e.get("expires", 0) > now}
         state["revoked"] = {k: exp for k, exp in state["revoked"].items() if exp > now}
         return state
@@ -191,7 +224,7 @@ class AuthStore:
             users[user] = {"hash": encoded, "generation": generation, "changed": _iso(now)}
             self._write(self.config.passwords, data)
             state = self._state(now)
-            state["failures"].pop(user, None)
+            self._forget_failures(state, user)
             self._write(self.config.state, state)
         return generation
 
@@ -208,7 +241,7 @@ class AuthStore:
         now = time.time() if now is None else now
         with self._locked():
             state = self._state(now)
-            found = state["failures"].pop(user, None) is not None
+            found = self._forget_failures(state, user)
             self._write(self.config.state, state)
             return found
 
@@ -222,9 +255,25 @@ class AuthStore:
             state = self._state(now)
             out: Dict[str, Dict[str, Any]] = {}
             for name, entry in sorted(self._passwords().items()):
-                locked = state["failures"].get(name, {}).get("locked_until", 0)
-                out[name] = {"changed": entry.get("changed"), "locked_until": _iso(locked) if locked > now else None}
+                until = [
+                    f.get("locked_until", 0)
+                    for key, f in state["failures"].items()
+                    if key.startswith(name + " ") and f.get("locked_until", 0) > now
+                ]
+                out[name] = {
+                    "changed": entry.get("changed"),
+                    "locked_until": _iso(max(until)) if until else None,  # the latest, from any address
+                    "locked_addresses": len(until),
+                }
             return out
+
+    @staticmethod
+    def _forget_failures(state: Dict[str, Any], user: str) -> bool:
+        """Drop USER's failure records, from every address and per name; whether there were any."""
+        pairs = [key for key in state["failures"] if key.startswith(user + " ")]
+        for key in pairs:
+            del state["failures"][key]
+        return bool(pairs) | (state["names"].pop(user, None) is not None)
 
     def _hash(self, password: str) -> str:
         with self._hashing:
@@ -236,42 +285,67 @@ class AuthStore:
 
     # -- login ------------------------------------------------------------------------------------------------
 
-    def _locked_message(self, user: str, until: float, now: float) -> str:
+    def _locked_message(self, user: str, address: str, until: float, now: float) -> str:
         return (
-            f"too many failed logins for {user}: the account is locked until {format_clock(until)} UTC "
-            f"(try again in {format_duration(until - now)}, or ask a lab admin to unlock it)"
+            f"too many failed logins for {user} from this address ({address}): locked until {format_clock(until)} "
+            f"UTC (try again in {format_duration(until - now)}, or ask a lab admin to unlock it)"
         )
 
-    def login(self, user: str, password: str, now: Optional[float] = None) -> Account:
-        """Check USER's password; raises AuthError ``invalid`` (one message for unknown user and wrong password)
-        or ``locked``. Unknown names are hashed against a dummy hash and counted like known ones."""
+    def _slowdown(self, name_record: Dict[str, Any], pair_record: Dict[str, Any], now: float) -> float:
+        """Seconds this address must still wait before its next attempt at this name (0: none). Only addresses that
+        failed for the name wait, only while the name has had ``lockout_failures`` failures in the window, and never
+        longer than ``login_slowdown_max`` after their own last failure: nobody else can lengthen it."""
+        excess = int(name_record.get("count", 0)) - self.config.lockout_failures
+        if excess < 0 or "last" not in pair_record:
+            return 0.0
+        delay = min(float(self.config.login_slowdown_max), 2.0 ** min(excess, 30))
+        return max(0.0, float(pair_record["last"]) + delay - now)
+
+    def login(self, user: str, password: str, client: str = "", now: Optional[float] = None) -> Account:
+        """Check USER's password from the client address CLIENT; raises AuthError ``invalid`` (one message for
+        unknown user and wrong password) or ``locked`` (this name from this address: locked, or slowed down).
+        Unknown names are hashed against a dummy hash and counted like known ones."""
         now = time.time() if now is None else now
         key = user[:64]
+        address = client_key(client)
+        pair = f"{key} {address}"
         with self._locked():
-            failure = self._state(now)["failures"].get(key, {})
+            state = self._state(now)
+            failure = state["failures"].get(pair, {})
+            name_record = state["names"].get(key, {})
             entry = self._passwords().get(user)
         locked_until = failure.get("locked_until", 0)
         if locked_until > now:
-            raise AuthError("locked", self._locked_message(user, locked_until, now))
+            raise AuthError("locked", self._locked_message(user, address, locked_until, now))
+        wait = self._slowdown(name_record, failure, now)
+        if wait > 0:
+            raise AuthError(
+                "locked",
+                f"many failed logins for {user} lately: from this address, try again in {format_duration(wait)}",
+            )
         encoded = entry.get("hash") if entry else None
         ok = self._verify(password, encoded if isinstance(encoded, str) else self._dummy) and entry is not None
         with self._locked():
             state = self._state(now)
             if ok:
-                state["failures"].pop(key, None)
+                # The name's own count stays: a success of the owner does not reset the slow-down for the others.
+                state["failures"].pop(pair, None)
                 self._write(self.config.state, state)
                 assert entry is not None
                 return Account(user, int(entry.get("generation", 0)))
-            record = state["failures"].setdefault(key, {"count": 0})
+            record = state["failures"].setdefault(pair, {"count": 0})
             record["count"] = int(record.get("count", 0)) + 1
             record["last"] = now
             locked = record["count"] >= self.config.lockout_failures
             if locked:
                 record["locked_until"] = now + self.config.lockout_seconds
                 record["count"] = 0
+            per_name = state["names"].setdefault(key, {"count": 0})
+            per_name["count"] = int(per_name.get("count", 0)) + 1
+            per_name["last"] = now
             self._write(self.config.state, state)
         if locked:
-            raise AuthError("locked", self._locked_message(user, now + self.config.lockout_seconds, now))
+            raise AuthError("locked", self._locked_message(user, address, now + self.config.lockout_seconds, now))
         raise AuthError("invalid", "wrong user name or password")
 
     # -- enrollment -------------------------------------------------------------------------------------------

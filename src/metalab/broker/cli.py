@@ -62,7 +62,7 @@ def _broker_logging(verbose: bool) -> None:
 
 
 def _known_user(config: BrokerConfig, user: str) -> None:
-    if not USER_NAME.match(user):
+    if not USER_NAME.fullmatch(user):
         raise Refused(f"invalid user name {user!r}")
     guard = load_guard_config(config.guard_config)
     if user not in guard.users and user not in config.admins:

@@ -43,6 +43,7 @@ class BrokerConfig:
     ticket_ttl: int = 12 * 3600
     lockout_failures: int = 5
     lockout_seconds: int = 15 * 60
+    login_slowdown_max: int = 60  # the longest wait the per-name slow-down imposes (seconds)
     enroll_ttl: int = 72 * 3600
     min_password_length: int = 10
     quota_file: Optional[str] = None
@@ -88,7 +89,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> BrokerConfi
     _expect(isinstance(clients_raw, list), "clients: expected a list of user names or uids")
     admins = data.get("admins", [])
     _expect(
-        isinstance(admins, list) and all(isinstance(a, str) and USER_NAME.match(a) for a in admins),
+        isinstance(admins, list) and all(isinstance(a, str) and USER_NAME.fullmatch(a) for a in admins),
         f"admins: expected a list of user names, got {admins!r}",
     )
     mode = data.get("socket_mode", "0660")
@@ -125,6 +126,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> BrokerConfi
         ticket_ttl=_seconds(data, "ticket_ttl", base.ticket_ttl),
         lockout_failures=failures,
         lockout_seconds=_seconds(data, "lockout", base.lockout_seconds),
+        login_slowdown_max=_seconds(data, "login_slowdown_max", base.login_slowdown_max),
         enroll_ttl=_seconds(data, "enroll_ttl", base.enroll_ttl),
         min_password_length=min_len,
         quota_file=_path(data, "quota_file", None),

@@ -7,17 +7,24 @@ that the ticket's user is in the broker's own ``admins`` list: the portal cannot
 
 Error codes: ``bad-request``, ``unauthorized`` (no, bad, expired or revoked ticket), ``forbidden``, ``invalid``
 (login or enrollment failed), ``locked``, ``bad-password``, ``refused`` (the guard refused: limits, budgets, no
-free GPU; nothing changed), ``failure`` (engine, ledger or config trouble).
+free GPU; nothing changed), ``busy`` (a start or stop of the same runtime is already in progress; nothing changed),
+``failure`` (engine, ledger or config trouble).
+
+The transport serves every connection in its own thread: a start that waits for the guard lock and ``podman run``
+delays nobody's ``token`` or ``status``. A user has at most one start or stop in flight; a second one is answered at
+once with ``busy``, so looping them cannot pile up waiting threads here or in the portal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
+import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional, Set
 
 from metalab.broker.auth import AuthError, AuthStore, StoreError
 from metalab.broker.config import BrokerConfig
@@ -61,6 +68,8 @@ class Broker:
         self.config = config
         self.auth = AuthStore(config)
         self.signer = TicketSigner(load_or_create_key(config.key), config.ticket_ttl)
+        self._busy: Set[str] = set()  # users whose runtime has a start or stop in flight
+        self._busy_lock = threading.Lock()
         self.ops: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "login": self.op_login,
             "logout": self.op_logout,
@@ -125,6 +134,21 @@ class Broker:
             raise ApiError("forbidden", f"{ticket.user} is not a lab admin")
         return ticket
 
+    @contextlib.contextmanager
+    def _one_at_a_time(self, user: str) -> Iterator[None]:
+        """At most one start or stop per runtime in flight; a second one is refused at once (``busy``)."""
+        with self._busy_lock:
+            if user in self._busy:
+                raise ApiError(
+                    "busy", f"a start or stop of the runtime of {user} is already in progress; wait until it finishes"
+                )
+            self._busy.add(user)
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self._busy.discard(user)
+
     def _lab(self, actor: str) -> Lab:
         return Lab(load_config(self.config.guard_config), actor=actor)
 
@@ -149,9 +173,10 @@ class Broker:
     def op_login(self, request: Dict[str, Any]) -> Dict[str, Any]:
         user = _str_field(request, "user", 64)
         password = _str_field(request, "password", 4096)
-        if not USER_NAME.match(user):
+        if not USER_NAME.fullmatch(user):  # fullmatch: the pattern's "$" would accept "alice\n"
             user = "invalid-name"  # still costs a full hash, like any unknown name
-        account = self.auth.login(user, password)
+        client = request.get("client")
+        account = self.auth.login(user, password, client if isinstance(client, str) else "")
         log.info("login of %s", account.user)
         return self._login_result(account.user, account.generation)
 
@@ -225,19 +250,21 @@ class Broker:
         kind = request.get("kind", "cpu")
         if kind not in KINDS:
             raise ApiError("bad-request", f"kind: expected cpu or gpu, got {kind!r}")
-        lab = self._lab(f"portal:{ticket.user}")
-        try:
-            return lab.start(ticket.user, kind)
-        finally:
-            lab.close()
+        with self._one_at_a_time(ticket.user):
+            lab = self._lab(f"portal:{ticket.user}")
+            try:
+                return lab.start(ticket.user, kind)
+            finally:
+                lab.close()
 
     def op_stop(self, request: Dict[str, Any]) -> Dict[str, Any]:
         ticket = self._ticket(request)
-        lab = self._lab(f"portal:{ticket.user}")
-        try:
-            return lab.stop(ticket.user, "user")
-        finally:
-            lab.close()
+        with self._one_at_a_time(ticket.user):
+            lab = self._lab(f"portal:{ticket.user}")
+            try:
+                return lab.stop(ticket.user, "user")
+            finally:
+                lab.close()
 
     def op_token(self, request: Dict[str, Any]) -> Dict[str, Any]:
         """The caller's JupyterLab token (for the front door's auth_request); null before the first start."""
@@ -267,11 +294,12 @@ class Broker:
     def op_admin_stop(self, request: Dict[str, Any]) -> Dict[str, Any]:
         ticket = self._admin(request)
         target = _str_field(request, "target", 64)
-        lab = self._lab(f"portal-admin:{ticket.user}")
-        try:
-            return lab.stop(target, "admin")
-        finally:
-            lab.close()
+        with self._one_at_a_time(target):
+            lab = self._lab(f"portal-admin:{ticket.user}")
+            try:
+                return lab.stop(target, "admin")
+            finally:
+                lab.close()
 
     def op_admin_extend(self, request: Dict[str, Any]) -> Dict[str, Any]:
         ticket = self._admin(request)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import threading
 from datetime import timedelta
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, cast
 from urllib.parse import unquote, urlsplit
@@ -26,12 +27,28 @@ from metalab.portal.forms import (
 )
 from metalab.portal.settings import Settings, load_or_create_secret, load_settings
 
-LAB_PREFIX = re.compile(r"^/user/([^/]+)(?:/|$)")
+LAB_PREFIX = re.compile(r"\A/user/([^/]+)(?:/|\Z)")
 USER_NAME = re.compile(USER_PATTERN)
 TOKEN_HEADER = "X-Lab-Token"
 USER_HEADER = "X-Lab-User"
 
 F = TypeVar("F", bound=Callable[..., Any])
+# Whose X-Forwarded-For/-Proto count: nginx on this host. Anyone else's headers are ignored.
+TRUSTED_PROXIES = frozenset({"127.0.0.1", "::1"})
+
+
+class LoopbackProxyFix:
+    """ProxyFix for requests from the local nginx only: the client address the login throttling keys on cannot be
+    chosen by whoever else reaches the portal's port."""
+
+    def __init__(self, app: Any, hops: int) -> None:
+        self.app = app
+        self.fixed = ProxyFix(app, x_for=hops, x_proto=hops)
+
+    def __call__(self, environ: Dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REMOTE_ADDR") in TRUSTED_PROXIES:
+            return self.fixed(environ, start_response)
+        return self.app(environ, start_response)
 
 
 def human_bytes(n: Optional[int]) -> str:
@@ -74,7 +91,7 @@ def lab_user_of(uri: Optional[str]) -> Optional[str]:
     if "%2f" in path.lower() or "%5c" in path.lower():
         return None
     match = LAB_PREFIX.match(decoded)
-    if match is None or not USER_NAME.match(match.group(1)):
+    if match is None or not USER_NAME.fullmatch(match.group(1)):
         return None
     return match.group(1)
 
@@ -87,6 +104,8 @@ def refusal_title(message: str) -> Tuple[str, str]:
         return "Budget exhausted", "budget"
     if "already has" in message:
         return "A runtime is already running", "running"
+    if "already in progress" in message:
+        return "A start or stop is already in progress", "busy"
     return "The runtime was not started", "refused"
 
 
@@ -106,13 +125,16 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         MAX_CONTENT_LENGTH=64 * 1024,
     )
     if settings.proxy_hops:
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops)  # type: ignore[method-assign]
+        app.wsgi_app = LoopbackProxyFix(app.wsgi_app, settings.proxy_hops)  # type: ignore[method-assign]
     CSRFProtect(app)
     broker = BrokerClient(settings.broker_socket)
     auth = backend or BrokerPasswordBackend(broker)
     app.extensions["metalab"] = {"settings": settings, "broker": broker, "auth": auth}
     app.jinja_env.filters["bytes"] = human_bytes
     app.jinja_env.filters["seconds"] = human_seconds
+    # Calls that may wait (password hashing, the guard lock, podman run): a few per worker process at a time, so the
+    # worker's other threads stay free for /auth/check, which every JupyterLab request of every user goes through.
+    slow_lane = threading.BoundedSemaphore(settings.slow_requests)
 
     # -- helpers ------------------------------------------------------------------------------------------
 
@@ -151,6 +173,27 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
             return view(ident, *args, **kwargs)
 
         return login_required(cast(F, wrapper))
+
+    def slow(view: F) -> F:
+        """For views that call the broker for something slow: a free place in the slow lane, or 503 at once."""
+
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if request.method != "POST":
+                return view(*args, **kwargs)
+            if not slow_lane.acquire(blocking=False):
+                page = render_template(
+                    "error.html",
+                    heading="The lab is busy",
+                    message="too many logins, starts and stops at this moment; try again in a few seconds",
+                )
+                return Response(page, 503, headers={"Retry-After": "5"}, mimetype="text/html")
+            try:
+                return view(*args, **kwargs)
+            finally:
+                slow_lane.release()
+
+        return cast(F, wrapper)
 
     def own_user_only(ident: Identity) -> None:
         claimed = request.values.get("user")
@@ -191,7 +234,9 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
 
     @app.errorhandler(BrokerError)
     def broker_error(exc: BrokerError) -> Tuple[str, int]:
-        status = {"forbidden": 403, "bad-request": 400, "refused": 409, "unauthorized": 401}.get(exc.code, 503)
+        status = {"forbidden": 403, "bad-request": 400, "refused": 409, "busy": 409, "unauthorized": 401}.get(
+            exc.code, 503
+        )
         heading = "The lab service is not available" if status == 503 else "Not possible"
         return render_template("error.html", heading=heading, message=str(exc)), status
 
@@ -202,6 +247,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
     # -- log in and out -----------------------------------------------------------------------------------
 
     @app.route("/login", methods=["GET", "POST"])
+    @slow
     def login() -> Any:
         form = LoginForm()
         if request.method == "GET":
@@ -210,7 +256,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
             return redirect(safe_next(form.next.data))
         if form.validate_on_submit():
             try:
-                ident = auth.login(form.username.data or "", form.password.data or "")
+                ident = auth.login(form.username.data or "", form.password.data or "", request.remote_addr or "")
             except BrokerError as exc:
                 if exc.code in ("invalid", "locked", "bad-request"):
                     status = 429 if exc.code == "locked" else 401
@@ -234,6 +280,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         return redirect(url_for("login"))
 
     @app.route("/enroll/<token>", methods=["GET", "POST"])
+    @slow
     def enroll(token: str) -> Any:
         try:
             info = broker.call("enroll.check", token=token)
@@ -279,6 +326,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         return jsonify(broker.call("status", ticket=ident.ticket))
 
     @app.post("/start")
+    @slow
     @login_required
     def start(ident: Identity) -> Any:
         own_user_only(ident)
@@ -288,13 +336,14 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         try:
             broker.call("start", ticket=ident.ticket, kind=form.kind.data)
         except BrokerError as exc:
-            if exc.code != "refused":
+            if exc.code not in ("refused", "busy"):
                 raise
             heading, kind = refusal_title(str(exc))
             return render_template("refused.html", heading=heading, kind=kind, message=str(exc)), 409
         return redirect(url_for("my_lab"))
 
     @app.post("/stop")
+    @slow
     @login_required
     def stop(ident: Identity) -> Any:
         own_user_only(ident)
@@ -337,6 +386,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         return render_template("admin.html", data=data, stop_form=AdminStopForm(), extend_form=AdminExtendForm())
 
     @app.post("/admin/stop")
+    @slow
     @admin_required
     def admin_stop(ident: Identity) -> Any:
         form = AdminStopForm()
@@ -347,6 +397,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         return redirect(url_for("admin"))
 
     @app.post("/admin/extend")
+    @slow
     @admin_required
     def admin_extend(ident: Identity) -> Any:
         form = AdminExtendForm()

@@ -34,7 +34,8 @@ class AuthBackend(ABC):
     name: str = "abstract"
     password_form: bool = False
 
-    def login(self, username: str, password: str) -> Identity:
+    def login(self, username: str, password: str, client: str = "") -> Identity:
+        """CLIENT: the client's address (login throttling is per name and address)."""
         raise NotImplementedError(f"{self.name} does not take passwords")
 
     def begin(self, next_url: str) -> Optional[str]:
@@ -57,8 +58,8 @@ class BrokerPasswordBackend(AuthBackend):
     def __init__(self, broker: BrokerClient) -> None:
         self.broker = broker
 
-    def login(self, username: str, password: str) -> Identity:
-        return Identity.from_broker(self.broker.call("login", user=username, password=password))
+    def login(self, username: str, password: str, client: str = "") -> Identity:
+        return Identity.from_broker(self.broker.call("login", user=username, password=password, client=client))
 
     def logout(self, identity: Identity) -> None:
         self.broker.call("logout", ticket=identity.ticket)

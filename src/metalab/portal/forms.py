@@ -6,7 +6,8 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length, Regexp
 
-USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+# \A...\Z, not ^...$: "$" also matches before a trailing newline, so "alice\n" would pass.
+USER_PATTERN = r"\A[a-z_][a-z0-9_-]{0,31}\Z"
 
 
 class LoginForm(FlaskForm):

@@ -26,6 +26,9 @@ class Settings:
     lab_path: str = "/user/{user}/lab"  # where "Open JupyterLab" points (the front door's location)
     title: str = "metalab"
     proxy_hops: int = 1  # reverse proxies in front (nginx) whose X-Forwarded-For/-Proto are trusted
+    # Logins, starts, stops and enrollments in progress at a time in one worker process; more are answered 503 at
+    # once, so the worker's other threads always serve /auth/check and the pages (gunicorn --threads above this).
+    slow_requests: int = 4
 
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
@@ -41,6 +44,10 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
             raise SettingsError(f"portal config: {key}: expected an absolute path")
     if "{user}" not in str(values["lab_path"]):
         raise SettingsError("portal config: lab_path must contain {user}")
+    for key, least in (("proxy_hops", 0), ("slow_requests", 1)):
+        value = values[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise SettingsError(f"portal config: {key}: expected an integer >= {least}")
     return Settings(**values)
 
 
