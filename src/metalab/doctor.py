@@ -327,7 +327,25 @@ def _guard(host: str, report: Mapping[str, Any]) -> list[Finding]:
         )
     else:
         found.append(Finding(host, "guard ran recently", OK, f"{max(0, now - mtime)}s ago"))
+    found.append(_guard_lock(host, _int(report.get("guard_skip_mtime"), 0), mtime, now))
     return found
+
+
+def _guard_lock(host: str, skipped: int, last_run: int, now: int) -> Finding:
+    """A guard run that gave up waiting for its lock enforced nothing: shown until a later run succeeded."""
+    if skipped <= 0:
+        return Finding(host, "guard lock", OK, "no run has had to give up waiting for the lock")
+    if skipped >= last_run:
+        return Finding(
+            host,
+            "guard lock",
+            FAIL,
+            f"the last guard run ({max(0, now - skipped)}s ago) could not take its lock and enforced nothing",
+            "on the host: journalctl -t metalab-guard; fuser -v /run/metalab/guard.lock (a stuck start or stop?)",
+        )
+    return Finding(
+        host, "guard lock", OK, f"a run gave up on a busy lock {max(0, now - skipped)}s ago; later runs succeeded"
+    )
 
 
 def reports_from_events(events: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:

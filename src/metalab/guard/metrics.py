@@ -89,6 +89,16 @@ def render(
         limit = [({"host": host, "user": u}, q["limit_bytes"]) for u, q in sorted(quota.items()) if "limit_bytes" in q]
         metric("metalab_home_used_bytes", "gauge", "Bytes used in the user's home.", used)
         metric("metalab_home_quota_bytes", "gauge", "Hard quota of the user's home.", limit)
+    metric(
+        "metalab_guard_skipped_runs_total", "counter", "Guard runs that gave up waiting for a busy lock.",
+        [({}, float(ledger.meta("skipped_runs") or 0))],
+    )  # fmt: skip
+    last_skipped = ledger.meta("last_skipped")
+    if last_skipped:
+        metric(
+            "metalab_guard_last_skipped_timestamp_seconds", "gauge", "Time of the last guard run that gave up.",
+            [({}, float(last_skipped))],
+        )  # fmt: skip
     last = ledger.meta("last_run")
     if last:
         metric("metalab_guard_last_run_timestamp_seconds", "gauge", "Time of the last guard run.", [({}, float(last))])

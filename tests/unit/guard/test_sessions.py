@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from metalab.guard import sessions
+from metalab.guard import metrics, sessions
 from metalab.guard.sessions import Failure, Refused
 
 from .conftest import T0, H
@@ -302,6 +302,9 @@ def test_a_run_that_cannot_take_the_lock_says_so(env):
     assert lab.ledger.get(1).state == "running"
     assert (env.tmp / "state" / "guard.last-skip").stat().st_mtime == T0 + 5 * H
     assert lab.ledger.meta("skipped_runs") == "1"
+    text = metrics.render(lab.ledger, T0 + 5 * H, "lab1", {})
+    assert "metalab_guard_skipped_runs_total 1" in text
+    assert f"metalab_guard_last_skipped_timestamp_seconds {T0 + 5 * H:.0f}" in text
     # the next run, with the lock free, enforces
     assert lab.run(T0 + 5 * H + 60).stopped == [("alice", "limit")]
 
