@@ -85,7 +85,7 @@ def test_healthy_host() -> None:
         ({"guard_stamp_mtime": 0}, "guard ran recently", "fail", "never run"),
         ({"guard_stamp_mtime": 0, "guard_config_mtime": NOW - 30}, "guard ran recently", "warn", "no run yet"),
         ({"guard_cron_present": False}, "guard cron", "fail", "missing"),
-        ({"guard_skip_mtime": NOW - 20, "guard_stamp_mtime": NOW - 80}, "guard lock", "fail", "could not take its lock"),
+        ({"guard_skip_mtime": NOW - 20, "guard_stamp_mtime": NOW - 80}, "guard lock", "fail", "enforced nothing"),
         ({"guard_skip_mtime": NOW - 200, "guard_stamp_mtime": NOW - 20}, "guard lock", "ok", "later runs succeeded"),
     ],
 )
