@@ -1,0 +1,145 @@
+"""The base role's host baseline as rendered from its own defaults and platform vars (ansible's Templar):
+firewall rules, sshd drop-in, sysctls, kernel modules, PAM anchors per platform."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar, trust_as_template
+
+ROLE = Path(__file__).resolve().parents[3] / "roles" / "base"
+PLATFORMS = ["Debian", "Ubuntu", "Amazon"]
+
+
+def render(template, platform="Debian", **extra):
+    loader = DataLoader()
+    variables = {}
+    for name in ("defaults/main.yml", "vars/main.yml", f"vars/{platform}.yml"):
+        variables.update(loader.load_from_file(str(ROLE / name), trusted_as_template=True))
+    variables.update({"ansible_managed": "managed by metalab"}, **extra)
+    return Templar(loader=loader, variables=variables).template(trust_as_template(template))
+
+
+def template(path):
+    return (ROLE / "templates" / path).read_text()
+
+
+def firewall(**extra):
+    extra.setdefault("__base_sshd_probe", {"stdout_lines": ["port 22"]})
+    return render(template("etc/metalab/firewall.nft.j2"), **extra)
+
+
+def nft_check(text, tmp_path):
+    if shutil.which("nft") is None or os.geteuid() != 0:
+        pytest.skip("nft -c needs nft and root")
+    rules = tmp_path / "firewall.nft"
+    rules.write_text(text)
+    done = subprocess.run(["nft", "-c", "-f", str(rules)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_firewall_defaults_admit_ssh_from_anywhere_and_the_front_door(tmp_path):
+    text = firewall()
+    assert "elements = { 0.0.0.0/0 }" in text and "elements = { ::/0 }" in text
+    assert "type filter hook input priority filter; policy drop;" in text
+    assert "tcp dport { 80, 443 } accept" in text
+    assert "ip saddr @admin_v4 tcp dport { 22 } accept" in text
+    assert "flush ruleset" not in text and "hook forward" not in text and "hook output" not in text
+    assert text.index("table inet metalab {}") < text.index("delete table inet metalab")  # atomic, repeatable
+    nft_check(text, tmp_path)
+
+
+def test_firewall_admin_networks_ports_and_sshd_ports(tmp_path):
+    text = firewall(
+        lab_admin_networks=["192.0.2.0/24", "198.51.100.7", "2001:db8::/32"],
+        __base_sshd_probe={"stdout_lines": ["port 2222", "port 22", "rootlogin /etc/ssh/sshd_config"]},
+        frontdoor_https_port=8443,
+        base_firewall_tcp_ports=[9100],
+    )
+    assert "elements = { 192.0.2.0/24, 198.51.100.7 }" in text
+    assert "elements = { 2001:db8::/32 }" in text
+    assert "tcp dport { 80, 8443, 9100 } accept" in text
+    assert "tcp dport { 22, 2222 } accept" in text
+    nft_check(text, tmp_path)
+
+
+def test_firewall_ipv4_only_admins_get_an_empty_ipv6_set(tmp_path):
+    text = firewall(lab_admin_networks=["10.0.0.0/8"])
+    v6 = text[text.index("set admin_v6") : text.index("chain input")]
+    assert "elements" not in v6
+    nft_check(text, tmp_path)
+
+
+def test_firewall_without_a_port_from_sshd_admits_22():
+    assert "tcp dport { 22 } accept" in firewall(__base_sshd_probe={"stdout_lines": []})
+
+
+@pytest.mark.parametrize("unset", [True, False])
+def test_sshd_dropin(unset, tmp_path):
+    text = render(template("etc/ssh/sshd_config.d/10-metalab.conf.j2"), __base_sshd_root_login_unset=unset)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    assert "DenyGroups labusers" in lines
+    assert ("PermitRootLogin prohibit-password" in lines) is unset  # a value set elsewhere is kept
+    assert "PasswordAuthentication no" not in lines[: lines.index("Match Group labusers")]  # admins untouched
+    match = lines.index("Match Group labusers")
+    assert {"AuthorizedKeysFile none", "AllowTcpForwarding no", "AllowAgentForwarding no"} <= set(lines[match:])
+    assert not [line for line in lines[match + 1 :] if line.startswith("Match")]  # the block ends the file
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(sshd) or os.geteuid() != 0:
+        return
+    dropin = tmp_path / "10-metalab.conf"
+    dropin.write_text(text)
+    done = subprocess.run([sshd, "-t", "-f", str(dropin)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+
+
+def test_sysctls_apply_only_what_differs_and_exists():
+    current = ["kernel.dmesg_restrict = 0", "kernel.kptr_restrict = 2", "fs.suid_dumpable = 1"]
+    applied = render("{{ __base_sysctl_apply }}", __base_sysctl_now={"stdout_lines": current})
+    assert applied == ["kernel.dmesg_restrict=1", "fs.suid_dumpable=0"]  # yama etc. missing here: not applied
+    assert render("{{ __base_sysctl_apply }}", __base_sysctl_now={"stdout_lines": []}) == []
+
+
+def test_sysctl_file_marks_optional_keys():
+    text = render(template("etc/sysctl.d/90-metalab.conf.j2"))
+    assert "-kernel.yama.ptrace_scope = 1" in text.splitlines()
+    assert "kernel.dmesg_restrict = 1" in text.splitlines()
+    assert "net.ipv4.ip_forward" not in text  # podman's networks need it: never touched here
+
+
+def test_modprobe_refuses_each_module():
+    text = render(template("etc/modprobe.d/metalab.conf.j2"))
+    for module in ("dccp", "sctp", "rds", "tipc", "cramfs", "udf"):
+        assert f"install {module} /bin/false" in text and f"blacklist {module}" in text
+
+
+SAMPLE_PAM = {
+    "Debian": "@include common-auth\naccount    required     pam_nologin.so\n@include common-account\n",
+    "Ubuntu": "@include common-auth\n@include common-account\n@include common-session\n",
+    "Amazon": "auth       substack     password-auth\naccount    required     pam_nologin.so\n"
+    "account    include      password-auth\npassword   include      password-auth\n",
+}
+
+
+@pytest.mark.parametrize("platform", PLATFORMS)
+def test_pam_anchor_and_services_per_platform(platform):
+    anchor = render("{{ __base_pam_account_after }}", platform=platform)
+    lines = SAMPLE_PAM[platform].splitlines()
+    hits = [i for i, line in enumerate(lines) if re.search(anchor, line)]
+    assert hits and lines[hits[-1]].split()[0] in ("account", "@include")
+    services = render("{{ __base_pam_services }}", platform=platform)
+    assert {"sshd", "login", "su", "su-l", "systemd-user"} <= set(services)
+    assert ("crond" if platform == "Amazon" else "cron") in services
+    assert "nftables" in render("{{ __base_packages }}", platform=platform)
+
+
+def test_pam_paths_add_the_copy_of_a_vendor_systemd_user():
+    found = {"files": [{"path": "/etc/pam.d/sshd"}, {"path": "/usr/lib/pam.d/systemd-user"}, {"path": "/etc/at.deny"}]}
+    paths = render("{{ __base_pam_paths }}", __base_login_found=found)
+    assert paths == ["/etc/pam.d/sshd", "/etc/pam.d/systemd-user"]
