@@ -24,6 +24,14 @@ def test_homes_on_the_empty_namespace_with_quota_options(host):
     assert f" {HOMES} xfs " in fstab and "UUID=" in fstab
 
 
+def test_homes_mounted_nosuid_nodev_after_the_reboot(host):
+    # From fstab (the mount after side_effect.yml's reboot): set-uid bits and device nodes in homes mean nothing.
+    options = host.mount_point(HOMES).options
+    assert "nosuid" in options and "nodev" in options, options
+    line = next(x for x in host.file("/etc/fstab").content_string.splitlines() if f" {HOMES} xfs " in x)
+    assert {"nosuid", "nodev"} <= set(line.split()[3].split(","))
+
+
 def test_the_preformatted_namespace_and_its_file_are_untouched(host):
     precious = _namespace(host, "nvme1n1")
     assert precious["fstype"] == "ext4" and precious["label"] == "precious"
