@@ -171,6 +171,13 @@ def test_pypi_through_the_labs_proxy_works(host, alice):
     assert answer["ok"], answer
     result = root(host, f"podman exec --user {alice} {CONTAINER} pip index versions --no-cache-dir six")
     assert result.rc == 0 and "six" in result.stdout, result.stderr
+    # git over HTTPS through the proxy: PyPI's server answers (no git repository there), so the path works.
+    git = root(
+        host,
+        f"podman exec --user {alice} {CONTAINER} sh -c 'GIT_TERMINAL_PROMPT=0 git ls-remote %s 2>&1'",
+        PYPI_INDEX,
+    )
+    assert "not found" in git.stdout and "connect" not in git.stdout.lower(), git.stdout
 
 
 def test_host_own_services_are_refused(host, alice, host_address):
