@@ -68,7 +68,19 @@ def test_an_allowed_option_without_its_value_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "network", ["host", "ns:/proc/1/ns/net", "container:metalab-bob", "slirp4netns:allow_host_loopback=true", "a b"]
+    "network",
+    [
+        "host",
+        "ns:/proc/1/ns/net",
+        "container:metalab-bob",
+        "slirp4netns:allow_host_loopback=true",
+        "slirp4netns:outbound_addr=eth0",
+        "bridge",
+        "podman",
+        "metalab",
+        "pasta",
+        "a b",
+    ],
 )
 def test_networks_that_are_not_the_runtimes_own_are_refused(tmp_path, network):
     data = base_config(tmp_path)
@@ -77,7 +89,7 @@ def test_networks_that_are_not_the_runtimes_own_are_refused(tmp_path, network):
         parse_config(data)
 
 
-@pytest.mark.parametrize("network", ["slirp4netns", "none", "slirp4netns:enable_ipv6=false", "metalab"])
+@pytest.mark.parametrize("network", ["slirp4netns", "none", "slirp4netns:enable_ipv6=false,mtu=1500"])
 def test_own_namespace_networks_are_accepted(tmp_path, network):
     data = base_config(tmp_path)
     data["runtime"]["network"] = network
