@@ -143,3 +143,19 @@ def test_pam_paths_add_the_copy_of_a_vendor_systemd_user():
     found = {"files": [{"path": "/etc/pam.d/sshd"}, {"path": "/usr/lib/pam.d/systemd-user"}, {"path": "/etc/at.deny"}]}
     paths = render("{{ __base_pam_paths }}", __base_login_found=found)
     assert paths == ["/etc/pam.d/sshd", "/etc/pam.d/systemd-user"]
+
+
+@pytest.mark.parametrize("verdict", [0, 255])
+def test_sshd_dropin_is_checked_with_the_whole_configuration(tmp_path, verdict):
+    # A stand-in sshd records the main file it was given; the candidate comes first, then sshd_config.
+    fake = tmp_path / "sshd"
+    fake.write_text(f'#!/bin/sh\n[ "$1 $2" = "-t -f" ] && cp "$3" "$3.seen"\nexit {verdict}\n')
+    fake.chmod(0o755)
+    candidate = tmp_path / "candidate.conf"
+    candidate.write_text("DenyGroups labusers\n")
+    command = render("{{ __base_sshd_validate }}", __base_sshd=str(fake)) % str(candidate)  # as ansible's validate
+    done = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, check=False)
+    assert done.returncode == verdict
+    seen = Path(str(candidate) + ".main.seen").read_text()
+    assert seen == f"Include {candidate}\nInclude /etc/ssh/sshd_config\n"
+    assert not Path(str(candidate) + ".main").exists()
