@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Debian packages the sandboxes and tests need on the machine running them.
 APT_PACKAGES := debootstrap systemd-container qemu-system-x86 qemu-utils tinyproxy iproute2 \
-	openssh-client e2fsprogs rsync curl ca-certificates chromium fonts-dejavu-core
+	openssh-client e2fsprogs rsync curl ca-certificates chromium fonts-dejavu-core nftables
 SCENARIOS ?= default metal
 DEMO_NAME ?= demo
 # MITOGEN=1: the sandbox, molecule and e2e targets run Ansible with Mitogen for Ansible's strategy (the optional
@@ -89,7 +89,8 @@ e2e: deps venv
 bench: deps venv
 	python benchmarks/run.py $(BENCH_ARGS)
 
-# CI entry point: whatever fails, no sandbox is left behind.
+# CI entry point: whatever fails, no sandbox is left behind. Tests whose requirement (root, nft) is missing fail here.
+test: export METALAB_REQUIRE_ALL := 1
 test: deps venv
 	@rc=0; $(MAKE) --no-print-directory _test || rc=$$?; \
 	$(MAKE) --no-print-directory clean-sandboxes; \

@@ -11,7 +11,7 @@ def test_account_home_and_groups(host, name):
     assert user.exists
     assert user.uid >= 20000
     assert user.home == f"{HOMES}/{name}"
-    assert user.shell == "/bin/bash"
+    assert user.shell == "/usr/sbin/nologin"  # lab accounts own files and run containers, never log in
     assert set(user.groups) == {f"lab-{name}", "labusers"}, "in no privileged group"
     home = host.file(user.home)
     assert home.is_directory
@@ -53,7 +53,8 @@ def test_admin_keeps_crontab_and_sudo(host):
 
 
 def test_lab_user_gets_no_core_dumps_and_a_private_umask(host):
-    result = host.run("runuser -l lab-alice -c 'ulimit -H -c; umask'")
+    # runuser as root with an explicit shell: the account itself has none (nologin)
+    result = host.run("runuser -l lab-alice -s /bin/bash -c 'ulimit -H -c; umask'")
     assert result.rc == 0, result.stderr
     assert result.stdout.split() == ["0", "0027"]
 
