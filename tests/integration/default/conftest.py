@@ -37,6 +37,13 @@ REPO = Path(__file__).resolve().parents[3]
 PASSWORDS = {"alice": "alice-portal-pass-1", "bob": "bob-portal-pass-22"}
 
 
+def requirement_missing(reason):
+    """Skip, except in make test (METALAB_REQUIRE_ALL=1), where a missing requirement is a failure."""
+    if os.environ.get("METALAB_REQUIRE_ALL") == "1":
+        pytest.fail(f"requirement missing: {reason}")
+    pytest.skip(reason)
+
+
 def root(host, cmd, *args):
     with host.sudo():
         return host.run(cmd, *args)
@@ -186,9 +193,12 @@ def portal_client(base_url):
 
 @pytest.fixture(scope="session")
 def chromium():
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        requirement_missing("playwright is not installed (pip install -e '.[dev]')")
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"no chromium at {CHROMIUM} (set METALAB_CHROMIUM)")
+        requirement_missing(f"no chromium at {CHROMIUM} (set METALAB_CHROMIUM)")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         yield browser

@@ -14,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import ok, root, wait_for
+from conftest import ok, requirement_missing, root, wait_for
 
 ADMIN_MARK = "/var/tmp/metalab-attack-cron-admin"
 ALICE_MARK = "/var/tmp/metalab-attack-cron-alice"
@@ -28,7 +28,8 @@ def target(host):
         "address": variables.get("ansible_host") or host.backend.host,
         "port": int(variables.get("ansible_port") or 22),
         "admin": variables.get("ansible_user") or "root",
-        "admin_key": variables.get("ansible_ssh_private_key_file"),
+        # molecule's inventory names it ansible_private_key_file; labctl sandbox inventory ansible_ssh_private_key_file
+        "admin_key": variables.get("ansible_ssh_private_key_file") or variables.get("ansible_private_key_file"),
         "https_port": int(variables.get("metalab_sandbox_https_port") or 443),
     }
 
@@ -171,7 +172,7 @@ def test_crontab_of_a_lab_account_never_runs(host, target):
 
 def test_at_jobs_refused_for_lab_accounts(host, target):
     if root(host, "command -v at").rc != 0:
-        pytest.skip("at is not installed on this host (base writes at.deny and atd's pam_access where it is)")
+        requirement_missing("at is not installed on this host (base writes at.deny and atd's pam_access where it is)")
     assert root(host, "echo true | runuser -u lab-alice -- at now + 10 minutes").rc != 0
     admin = root(host, "echo true | runuser -u %s -- at now + 10 minutes", target["admin"])
     assert admin.rc == 0, admin.stderr

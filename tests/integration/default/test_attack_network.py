@@ -20,7 +20,7 @@ import json
 import re
 
 import pytest
-from conftest import ok, root, wait_for
+from conftest import ok, requirement_missing, root, wait_for
 
 CONTAINER = "metalab-alice"
 PROBE_NS = "metalab-egress-probe"
@@ -164,7 +164,7 @@ def test_pypi_through_the_labs_proxy_works(host, alice):
     env = ok(host, "podman exec %s env", CONTAINER)
     proxy = next((line.split("=", 1)[1] for line in env.splitlines() if line.startswith("HTTPS_PROXY=")), "")
     if not proxy:
-        pytest.skip("this lab has no lab_http_proxy; runtimes go out directly")
+        requirement_missing("this lab has no lab_http_proxy; runtimes go out directly")
     proxy_hostport = proxy.split("://", 1)[-1].rstrip("/").rsplit("@", 1)[-1]
     assert from_runtime(host, alice, "connect", proxy_hostport)["ok"]
     answer = from_runtime(host, alice, "fetch", PYPI_INDEX)
