@@ -50,7 +50,7 @@ options:
     default: false
   nosuid_nodev:
     description:
-      - Mount the homes C(nosuid,nodev), so that set-uid bits and device nodes in files tenants wrote are never honoured.
+      - Mount the homes C(nosuid,nodev), so that set-uid bits and device nodes in tenants' files are never honoured.
         A mounted volume that lacks them is remounted in place (never unmounted, never reformatted). With
         O(device=none) the homes directory is bind-mounted onto itself with these options (in fstab too).
     type: bool
