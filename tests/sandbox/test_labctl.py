@@ -288,6 +288,7 @@ def test_doctor_all_green_then_names_a_missing_guard_cron(site_host, cache):
         "front door :443": "ok",
         "guard cron": "ok",
         "guard ran recently": "ok",
+        "guard lock": "ok",
     }, rows
     assert rows["runtime image"]["detail"] == "localhost/metalab/runtime:0.1.0"
     controller = [r for r in json.loads(green.stdout) if r["host"] == "(controller)"]
