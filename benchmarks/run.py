@@ -306,6 +306,12 @@ def measure(f: Fleet, inventories: Sequence[Path], cases: List[Case], repeat: in
             failed = {h: r for h, r in run.recap.items() if r["failed"] or r["unreachable"]}
             if run.rc != 0 or failed:
                 raise BenchError(f"{case.label}: rerun failed (rc {run.rc}, {failed}); log {run.log}")
+            # Every case times a no-change rerun: one that changed something measured a different thing.
+            changed = {h: r["changed"] for h, r in run.recap.items() if r["changed"]}
+            if changed:
+                raise BenchError(
+                    f"{case.label}: the rerun changed something ({changed}), so it is no figure; log {run.log}"
+                )
             case.times.append(run.seconds)
             case.cpu.append(run.cpu_s)
             case.controller_cpu.append(run.controller_cpu_s)
