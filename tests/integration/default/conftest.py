@@ -92,6 +92,16 @@ def base_url(host) -> str:
     return f"https://{address}" + ("" if port == 443 else f":{port}")
 
 
+@pytest.fixture
+def stopped(host):
+    """alice and bob have no runtime, before and after the test."""
+    for user in ("alice", "bob"):
+        root(host, "metalab-guard stop %s", user)
+    yield
+    for user in ("alice", "bob"):
+        root(host, "metalab-guard stop %s", user)
+
+
 @pytest.fixture(scope="module")
 def passwords(host):
     """alice and bob have portal passwords (set through metalab-broker, unlocked)."""

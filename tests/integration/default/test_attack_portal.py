@@ -25,16 +25,6 @@ LOGIN_ERROR = re.compile(r'id="login-error"[^>]*>([^<]+)')
 
 
 @pytest.fixture
-def stopped(host):
-    """alice and bob have no runtime, before and after the test."""
-    for user in ("alice", "bob"):
-        root(host, "metalab-guard stop %s", user)
-    yield
-    for user in ("alice", "bob"):
-        root(host, "metalab-guard stop %s", user)
-
-
-@pytest.fixture
 def unlocked(host):
     """alice's failed logins are forgotten after the test (every address, and the per-name count)."""
     yield

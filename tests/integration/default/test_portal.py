@@ -45,16 +45,6 @@ def write_guard(host, config):
 
 
 @pytest.fixture
-def stopped(host):
-    """alice and bob have no runtime, before and after the test."""
-    for user in ("alice", "bob"):
-        root(host, "metalab-guard stop %s", user)
-    yield
-    for user in ("alice", "bob"):
-        root(host, "metalab-guard stop %s", user)
-
-
-@pytest.fixture
 def client(base_url):
     return lambda: PortalClient(base_url)
 
