@@ -25,7 +25,7 @@ from metalab import collection, config, output
 OK, WARN, FAIL, NA = "ok", "warn", "fail", "n/a"
 CONTROLLER = "(controller)"
 REPORT_TASK = "Report the probe results"
-# Platforms the roles support (DESIGN.md): distribution -> major versions.
+# Platforms the roles support (README, "Supported lab hosts"): distribution -> major versions.
 SUPPORTED = {"Ubuntu": ("22", "24"), "Debian": ("12",), "Amazon": ("2023",)}
 QUOTA_OPTIONS = ("usrquota", "uquota", "usrjquota", "quota", "prjquota", "pquota", "grpquota", "gquota")
 GUARD_MAX_AGE = 180  # seconds: the guard runs every minute from cron

@@ -1,4 +1,4 @@
-"""Bad lab_users input fails the whole site.yml run before anything changes on the host (DESIGN.md, data safety).
+"""Bad lab_users input fails the whole site.yml run before anything changes on the host (docs/architecture.md).
 
 One nspawn host, first fresh, then converged. Each bad run must: exit non-zero, name the offending entry, report
 changed=0, and leave every file on the host as it was. "As it was" is checked with a marker file: after the

@@ -1,4 +1,4 @@
-"""`labctl sandbox`: throwaway lab hosts (see DESIGN.md, "Throwaway lab hosts")."""
+"""`labctl sandbox`: throwaway lab hosts (docs/labctl.md, "sandbox")."""
 
 from __future__ import annotations
 
