@@ -135,8 +135,9 @@ class Broker:
         return ticket
 
     @contextlib.contextmanager
-    def _one_at_a_time(self, user: str) -> Iterator[None]:
-        """At most one start or stop per runtime in flight; a second one is refused at once (``busy``)."""
+    def _runtime_change(self, user: str, actor: str) -> Iterator[Lab]:
+        """The guard's Lab for a start or stop of USER's runtime. At most one per runtime in flight: a second one is
+        refused at once (``busy``)."""
         with self._busy_lock:
             if user in self._busy:
                 raise ApiError(
@@ -144,7 +145,11 @@ class Broker:
                 )
             self._busy.add(user)
         try:
-            yield
+            lab = self._lab(actor)
+            try:
+                yield lab
+            finally:
+                lab.close()
         finally:
             with self._busy_lock:
                 self._busy.discard(user)
@@ -250,24 +255,16 @@ class Broker:
         kind = request.get("kind", "cpu")
         if kind not in KINDS:
             raise ApiError("bad-request", f"kind: expected cpu or gpu, got {kind!r}")
-        with self._one_at_a_time(ticket.user):
-            lab = self._lab(f"portal:{ticket.user}")
-            try:
-                return lab.start(ticket.user, kind)
-            finally:
-                lab.close()
+        with self._runtime_change(ticket.user, f"portal:{ticket.user}") as lab:
+            return lab.start(ticket.user, kind)
 
     def op_stop(self, request: Dict[str, Any]) -> Dict[str, Any]:
         ticket = self._ticket(request)
-        with self._one_at_a_time(ticket.user):
-            lab = self._lab(f"portal:{ticket.user}")
-            try:
-                return lab.stop(ticket.user, "user")
-            finally:
-                lab.close()
+        with self._runtime_change(ticket.user, f"portal:{ticket.user}") as lab:
+            return lab.stop(ticket.user, "user")
 
     def op_token(self, request: Dict[str, Any]) -> Dict[str, Any]:
-        """The caller's JupyterLab token (for the front door's auth_request); null before the first start."""
+        """The caller's JupyterLab token (for the front door's auth_request); null while no runtime runs."""
         ticket = self._ticket(request)
         guard = load_config(self.config.guard_config)
         if ticket.user not in guard.users:
@@ -294,12 +291,8 @@ class Broker:
     def op_admin_stop(self, request: Dict[str, Any]) -> Dict[str, Any]:
         ticket = self._admin(request)
         target = _str_field(request, "target", 64)
-        with self._one_at_a_time(target):
-            lab = self._lab(f"portal-admin:{ticket.user}")
-            try:
-                return lab.stop(target, "admin")
-            finally:
-                lab.close()
+        with self._runtime_change(target, f"portal-admin:{ticket.user}") as lab:
+            return lab.stop(target, "admin")
 
     def op_admin_extend(self, request: Dict[str, Any]) -> Dict[str, Any]:
         ticket = self._admin(request)

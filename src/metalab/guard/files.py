@@ -96,15 +96,10 @@ def ensure_socket_dir(socket_root: str, user: str, uid: int, frontdoor_gid: int)
     return path
 
 
-def _is_mountpoint(path: str) -> bool:
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        return any(line.split()[4] == path for line in fh if len(line.split()) > 4)
-
-
 def mount_socket_tmpfs(path: str, uid: int, gid: int, size: str) -> None:
     """Put the socket directory on its own small tmpfs (root only): what the runtime writes there cannot fill the
     host's /run, which every service shares. Nothing happens when it is mounted already."""
-    if not size or not _as_root() or _is_mountpoint(path):
+    if not size or not _as_root() or os.path.ismount(path):
         return
     options = f"size={size},nr_inodes=64,mode=0750,uid={uid},gid={gid},nosuid,nodev,noexec"
     proc = subprocess.run(
@@ -118,7 +113,7 @@ def mount_socket_tmpfs(path: str, uid: int, gid: int, size: str) -> None:
 def unmount_socket_tmpfs(socket_root: str, user: str) -> None:
     """Unmount USER's socket tmpfs (after her runtime stopped); a directory that is not a mount is left alone."""
     path = os.path.join(socket_root, user)
-    if not _as_root() or not _is_mountpoint(path):
+    if not _as_root() or not os.path.ismount(path):
         return
     proc = subprocess.run(["umount", path], capture_output=True, text=True, check=False, timeout=30)
     if proc.returncode != 0:  # busy: detach now, the kernel frees it when the last user goes

@@ -16,6 +16,7 @@ import fcntl
 import logging
 import os
 import stat
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -215,7 +216,7 @@ class Lab:
         try:
             files.remove_token(rt.token_dir, user)
             files.unmount_socket_tmpfs(rt.socket_root, user)
-        except OSError as exc:  # never keep a stop from being recorded
+        except (OSError, subprocess.SubprocessError) as exc:  # never keep a stop from being recorded
             log.warning("cleanup after the runtime of %s: %s", user, exc)
 
     # -- reconciliation -------------------------------------------------------------------------------------

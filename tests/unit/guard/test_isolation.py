@@ -134,12 +134,12 @@ def test_socket_tmpfs_mount_options(monkeypatch, tmp_path):
         returncode, stderr = 0, ""
 
     monkeypatch.setattr(files, "_as_root", lambda: True)
-    monkeypatch.setattr(files, "_is_mountpoint", lambda path: False)
+    monkeypatch.setattr(files.os.path, "ismount", lambda path: False)
     monkeypatch.setattr(files.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done())
     files.mount_socket_tmpfs(str(tmp_path / "alice"), 2001, 33, "1m")
     options = "size=1m,nr_inodes=64,mode=0750,uid=2001,gid=33,nosuid,nodev,noexec"
     assert calls == [["mount", "-t", "tmpfs", "-o", options, "metalab-socket", str(tmp_path / "alice")]]
-    monkeypatch.setattr(files, "_is_mountpoint", lambda path: True)
+    monkeypatch.setattr(files.os.path, "ismount", lambda path: True)
     files.mount_socket_tmpfs(str(tmp_path / "alice"), 2001, 33, "1m")  # mounted already: nothing
     files.unmount_socket_tmpfs(str(tmp_path), "alice")
     assert calls[1:] == [["umount", str(tmp_path / "alice")]]
@@ -202,4 +202,3 @@ def test_lock_directory_writable_by_others_is_refused(env, monkeypatch):
     lab = env.lab()
     with pytest.raises(Failure, match="owned by root and writable by root only"):
         lab.run(T0)
-    assert H  # the clock constants are shared with the other guard tests
