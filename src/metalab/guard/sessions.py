@@ -4,9 +4,10 @@ Every operation that changes something holds the guard lock (``fcntl.flock`` on 
 root can write to). Start, stop, extend and boot wait for it (up to ``lock_timeout``). The cron-driven guard run waits
 too (up to ``run_lock_wait``) and goes first: it announces itself on ``<lock>.gate`` before it waits, and a start or
 stop does not take the lock while a guard run is announced, so a user who loops start/stop through the portal delays
-enforcement only by the operations already under way (one per user through the broker). A run that still could not take the lock is recorded (``guard.last-skip``
-beside the ledger, a counter in the ledger's meta) for ``labctl doctor`` and the metrics. Because a start holds the
-lock from its ledger insert to ``podman run`` returning, a guard run never mistakes a start in progress for a crash.
+enforcement only by the operations already under way (one per user through the broker). A run that still could not
+take the lock is recorded (``guard.last-skip`` beside the ledger, a counter in the ledger's meta) for ``labctl
+doctor`` and the metrics. Because a start holds the lock from its ledger insert to ``podman run`` returning, a guard
+run never mistakes a start in progress for a crash.
 """
 
 from __future__ import annotations
