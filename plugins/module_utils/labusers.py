@@ -7,62 +7,19 @@ Importable without Ansible: ``labctl users add`` validates with the same code as
 
 from __future__ import annotations
 
-import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
 
-from ansible_collections.metalab.lab.plugins.module_utils.quota import SizeError, human_size, parse_size
-
-# Matched in full (fullmatch): "$" alone would accept a trailing newline.
-NAME_RE = re.compile(r"[a-z_][a-z0-9_-]{0,30}")
-PREFIX_RE = re.compile(r"[a-z_][a-z0-9_-]*")
-ALLOWED_KEYS = ("name", "quota", "gpu", "state", "uid", "comment")
-STATES = ("present", "absent")
-# Refused even though the prefix keeps host accounts apart: these names confuse people and logs.
-RESERVED_NAMES = frozenset(
-    {
-        "root",
-        "admin",
-        "administrator",
-        "daemon",
-        "bin",
-        "sys",
-        "sync",
-        "games",
-        "man",
-        "lp",
-        "mail",
-        "news",
-        "uucp",
-        "proxy",
-        "www-data",
-        "backup",
-        "list",
-        "irc",
-        "gnats",
-        "nobody",
-        "nogroup",
-        "systemd",
-        "sshd",
-        "sudo",
-        "wheel",
-        "adm",
-        "staff",
-        "users",
-        "operator",
-        "shadow",
-        "docker",
-        "podman",
-        "lxd",
-        "nginx",
-        "metalab",
-        "studio-lab-user",
-        "ubuntu",
-        "debian",
-        "ec2-user",
-        "ansible",
-    }
+from ansible_collections.metalab.lab.plugins.module_utils.rules import (  # noqa: F401 - the rules, re-exported
+    DEFAULT_HOMES_ROOT,
+    DEFAULT_QUOTA,
+    DEFAULT_USERS_PREFIX,
+    MAX_LOGIN_LEN,
+    RESERVED_NAMES,
+    USER_NAME,
+    invalid_message,
+    validate_users,
 )
-MAX_LOGIN_LEN = 32  # useradd refuses longer names on the supported platforms
+
 DEFAULT_UID_BASE = 20000
 DEFAULT_UID_COUNT = 10000
 # Groups that grant privileges on a host; a lab account is never left in one of them.
@@ -85,146 +42,12 @@ PRIVILEGED_GROUPS = (
 )
 
 
-def _label(index: int, entry: Any) -> str:
-    name = entry.get("name") if isinstance(entry, Mapping) else None
-    if name is None:
-        return "lab_users[" + str(index) + "]"
-    return "lab_users[" + str(index) + "] (name " + repr(name) + ")"
-
-
-def validate_users(
-    entries: Any,
-    *,
-    default_quota: Any = "15G",
-    prefix: str = "lab-",
-    volume_size: Optional[int] = None,
-    uid_base: int = DEFAULT_UID_BASE,
-    uid_count: int = DEFAULT_UID_COUNT,
-    require_quota: bool = False,
-) -> Dict[str, Any]:
-    """Check the lab_users list; return {"users": [normalised], "errors": [...], "warnings": [...]}.
-
-    Normalised entry: name, login (prefix + name), quota (the text), quota_bytes, gpu, state, uid (or None),
-    comment.  Nothing is changed anywhere; the caller fails when errors is not empty.
-    """
-    errors: List[str] = []
-    warnings: List[str] = []
-    users: List[Dict[str, Any]] = []
-    if entries is None:
-        entries = []
-    if not isinstance(entries, list):
-        return {
-            "users": [],
-            "errors": ["lab_users must be a list of entries, got " + type(entries).__name__],
-            "warnings": [],
-        }
-    if not isinstance(prefix, str) or not PREFIX_RE.fullmatch(prefix or "x"):
-        errors.append("lab_users_prefix " + repr(prefix) + " is not POSIX-safe (lowercase letters, digits, _ and -)")
-    try:
-        default_bytes: Optional[int] = parse_size(default_quota) if default_quota not in (None, "") else None
-    except SizeError as exc:
-        errors.append("lab_users_default_quota: " + str(exc))
-        default_bytes = None
-
-    seen_names: Dict[str, int] = {}
-    seen_uids: Dict[int, int] = {}
-    for index, entry in enumerate(entries):
-        where = _label(index, entry)
-        if not isinstance(entry, Mapping):
-            errors.append(where + ": must be a mapping with at least a name, got " + type(entry).__name__)
-            continue
-        problems: List[str] = []
-        unknown = sorted(str(k) for k in entry if k not in ALLOWED_KEYS)
-        if unknown:
-            problems.append("unknown key(s) " + ", ".join(unknown) + " (allowed: " + ", ".join(ALLOWED_KEYS) + ")")
-        name = entry.get("name")
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            problems.append(
-                "invalid name " + repr(name) + ": use 1-31 characters, lowercase letters, digits, _ and -, "
-                "starting with a letter or _"
-            )
-        elif name in RESERVED_NAMES:
-            problems.append("name " + repr(name) + " is reserved")
-        elif len(prefix + name) > MAX_LOGIN_LEN:
-            problems.append(
-                "host account " + repr(prefix + name) + " is longer than " + str(MAX_LOGIN_LEN) + " characters"
-            )
-        elif name in seen_names:
-            problems.append("duplicate name, already used by lab_users[" + str(seen_names[name]) + "]")
-        state = entry.get("state", "present")
-        if state not in STATES:
-            problems.append("state must be present or absent, got " + repr(state))
-        gpu = entry.get("gpu", False)
-        if not isinstance(gpu, bool):
-            problems.append("gpu must be true or false, got " + repr(gpu))
-        uid = entry.get("uid")
-        if uid is not None:
-            if isinstance(uid, bool) or not isinstance(uid, int) or not 1000 <= uid <= 4294967294 or uid == 65534:
-                problems.append("uid must be an integer from 1000 (not 65534), got " + repr(uid))
-            elif uid in seen_uids:
-                problems.append(
-                    "duplicate uid " + str(uid) + ", already used by lab_users[" + str(seen_uids[uid]) + "]"
-                )
-        quota_text = entry.get("quota")
-        quota_bytes: Optional[int] = None
-        if quota_text is None:
-            if require_quota and default_bytes is None:
-                problems.append("no quota and no lab_users_default_quota")
-            quota_bytes = default_bytes
-            quota_text = default_quota if default_bytes is not None else None
-        else:
-            try:
-                quota_bytes = parse_size(quota_text)
-            except SizeError as exc:
-                problems.append("invalid quota: " + str(exc))
-        if quota_bytes is not None and volume_size and quota_bytes > volume_size and state == "present":
-            problems.append(
-                "quota " + str(quota_text) + " is larger than the homes volume (" + human_size(volume_size) + ")"
-            )
-        comment = entry.get("comment", "")
-        if comment is None:
-            comment = ""
-        if not isinstance(comment, str) or ":" in comment or "\n" in comment:
-            problems.append("comment must be text without ':' or newlines")
-        if problems:
-            errors.extend(where + ": " + p for p in problems)
-        if isinstance(name, str) and name not in seen_names:
-            seen_names[name] = index
-        if isinstance(uid, int) and not isinstance(uid, bool) and uid not in seen_uids:
-            seen_uids[uid] = index
-        if problems:
-            continue
-        users.append(
-            {
-                "name": name,
-                "login": prefix + str(name),
-                "quota": quota_text,
-                "quota_bytes": quota_bytes,
-                "gpu": gpu,
-                "state": state,
-                "uid": uid,
-                "comment": comment,
-            }
-        )
-    if volume_size:
-        total = sum(u["quota_bytes"] or 0 for u in users if u["state"] == "present")
-        if total > volume_size:
-            warnings.append(
-                "the quotas of present lab users add up to "
-                + human_size(total)
-                + ", more than the homes volume ("
-                + human_size(volume_size)
-                + "): the volume is overcommitted"
-            )
-    return {"users": users, "errors": errors, "warnings": warnings}
-
-
 # The lab_users module's options that validation reads (validate_params), with their types and defaults: the
 # module's argument_spec includes them, its action plugin validates them on the controller.
 VALIDATION_SPEC: Dict[str, Dict[str, Any]] = {
     "users": {"type": "list", "elements": "raw", "required": True},
-    "prefix": {"type": "str", "default": "lab-"},
-    "default_quota": {"type": "str", "default": "15G"},
+    "prefix": {"type": "str", "default": DEFAULT_USERS_PREFIX},
+    "default_quota": {"type": "str", "default": DEFAULT_QUOTA},
     "volume_size": {"type": "int", "default": 0},
     "uid_base": {"type": "int", "default": DEFAULT_UID_BASE},
     "uid_count": {"type": "int", "default": DEFAULT_UID_COUNT},
@@ -239,13 +62,7 @@ def validate_params(p: Mapping[str, Any]) -> Dict[str, Any]:
         default_quota=p["default_quota"],
         prefix=p["prefix"],
         volume_size=p["volume_size"] or None,
-        uid_base=p["uid_base"],
-        uid_count=p["uid_count"],
     )
-
-
-def invalid_message(errors: List[str]) -> str:
-    return "invalid lab_users, nothing changed: " + "; ".join(errors)
 
 
 def validated_result(checked: Dict[str, Any]) -> Dict[str, Any]:

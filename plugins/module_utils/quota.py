@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
-# Sizes are binary: 15G = 15 GiB, the way xfs_quota, setquota and SageMaker Studio Lab's "15 GB" mean it.
-# Accepted: a number (decimals allowed) and one unit K, M, G or T, optionally followed by "iB"
-# (15G, 15GiB, 500M, 1.5T). "GB" is refused on purpose: it would suggest powers of ten.
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT])(iB)?\s*$")
-_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+from ansible_collections.metalab.lab.plugins.module_utils.rules import (  # noqa: F401 - sizes are rules
+    SizeError,
+    human_size,
+    parse_size,
+)
 
 # Mount options that turn on enforced user quotas, per filesystem.
 QUOTA_MOUNT_OPTIONS = {"xfs": "uquota,pquota", "ext4": "usrquota"}
@@ -19,42 +19,9 @@ QUOTA_MOUNT_OPTIONS = {"xfs": "uquota,pquota", "ext4": "usrquota"}
 _ENFORCED = {"xfs": ("usrquota", "uquota", "quota"), "ext4": ("usrquota", "quota", "usrjquota")}
 
 
-class SizeError(ValueError):
-    """Not a size metalab understands."""
-
-
-def parse_size(value: Any) -> int:
-    """'15G' -> bytes. Raises SizeError with the accepted forms."""
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise SizeError("not a size: " + repr(value) + " (use e.g. 500M, 15G, 1.5T)")
-    match = _SIZE_RE.match(str(value))
-    if not match:
-        raise SizeError(
-            "not a size: "
-            + repr(value)
-            + " (use a number and one binary unit K, M, G or T, e.g. 500M, 15G, 1.5T or 15GiB)"
-        )
-    number = float(match.group(1))
-    size = int(number * _UNITS[match.group(2)])
-    if size <= 0:
-        raise SizeError("size must be larger than zero: " + repr(value))
-    return size
-
-
 def size_to_kib(size: int) -> int:
     """Bytes -> quota blocks (1 KiB), rounded up so a quota is never smaller than asked."""
     return (size + 1023) // 1024
-
-
-def human_size(size: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        factor = _UNITS[unit]
-        if size >= factor and size % factor == 0:
-            return str(size // factor) + unit
-    for unit in ("T", "G", "M", "K"):
-        if size >= _UNITS[unit]:
-            return f"{size / _UNITS[unit]:.1f}{unit}"
-    return str(size)
 
 
 def parse_xfs_quota_report(text: str) -> Dict[int, Dict[str, int]]:

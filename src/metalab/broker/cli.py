@@ -16,9 +16,10 @@ from typing import Any, Optional, Sequence
 from metalab.broker.auth import AuthError, AuthStore, StoreError
 from metalab.broker.config import CONFIG_ENV, BrokerConfig, BrokerConfigError, load_config
 from metalab.guard import logsetup
-from metalab.guard.config import USER_NAME, ConfigError
+from metalab.guard.config import ConfigError
 from metalab.guard.config import load_config as load_guard_config
 from metalab.guard.policy import parse_duration
+from metalab.rules import USER_NAME
 
 EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 2
 

@@ -8,8 +8,8 @@ import pwd
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
-from metalab.guard.config import USER_NAME
 from metalab.guard.policy import parse_duration
+from metalab.rules import USER_NAME
 
 DEFAULT_CONFIG = "/etc/metalab/broker.json"
 CONFIG_ENV = "METALAB_BROKER_CONFIG"

@@ -29,12 +29,13 @@ from typing import Any, Callable, Dict, Iterator, Optional, Set
 from metalab.broker.auth import AuthError, AuthStore, StoreError
 from metalab.broker.config import BrokerConfig
 from metalab.broker.tickets import Ticket, TicketError, TicketSigner, load_or_create_key
-from metalab.guard.config import USER_NAME, ConfigError, load_config
+from metalab.guard.config import ConfigError, load_config
 from metalab.guard.engine import EngineError
 from metalab.guard.files import FileError, read_token
 from metalab.guard.ledger import LedgerError
 from metalab.guard.policy import KINDS, WINDOW, Interval, budget_left, parse_duration, start_decision
 from metalab.guard.sessions import Failure, Lab, Refused
+from metalab.rules import USER_NAME
 
 log = logging.getLogger("metalab.broker")
 

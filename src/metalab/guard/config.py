@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
 from metalab.guard.policy import KINDS, Policy, build_policy
+from metalab.rules import GUARD_CONFIG, USER_NAME
 
-DEFAULT_CONFIG = "/etc/metalab/guard.json"
+DEFAULT_CONFIG = GUARD_CONFIG
 CONFIG_ENV = "METALAB_GUARD_CONFIG"
 
 # Anchored with \Z, never ``$`` (which also accepts a trailing newline): .match() is a full match.
-USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 # A runtime's network: its own namespace, reached through slirp4netns only, whose connections the host's egress filter
 # sees (roles/container_engine, docs/security.md) -- or none. Never host, a bridge (its traffic would bypass the

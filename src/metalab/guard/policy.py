@@ -5,79 +5,17 @@ Pure functions only. Every function that depends on the time takes ``now`` (UTC 
 
 from __future__ import annotations
 
-import re
-import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-KINDS = ("cpu", "gpu")
-WINDOW = 24 * 3600  # budgets are rolling 24-hour windows
-
-_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-_PART = re.compile(r"(\d+)([a-zA-Z]*)")
-
-
-def parse_duration(value: object) -> int:
-    """Parse "12h", "90m", "1h30m", "45s", "2d" or an integer (seconds) into seconds.
-
-    Raises ValueError naming the bad value for anything else (unknown unit, negative, empty, bool).
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r}: expected e.g. 12h, 90m, 1h30m, 45s or seconds")
-    if isinstance(value, int):
-        if value < 0:
-            raise ValueError(f"invalid duration {value!r}: must not be negative")
-        return value
-    if isinstance(value, float) and value.is_integer() and value >= 0:
-        return int(value)
-    if not isinstance(value, str):
-        raise ValueError(f"invalid duration {value!r}: expected e.g. 12h, 90m, 1h30m, 45s or seconds")
-    text = value.strip().lower()
-    if text.isdigit():
-        return int(text)
-    if not text:
-        raise ValueError(f"invalid duration {value!r}: empty")
-    total = 0
-    pos = 0
-    seen = set()
-    for match in _PART.finditer(text):
-        if match.start() != pos:
-            break
-        number, unit = match.groups()
-        if unit not in _UNITS:
-            raise ValueError(f"invalid duration {value!r}: unknown unit {unit or '(none)'!r}; use d, h, m or s")
-        if unit in seen:
-            raise ValueError(f"invalid duration {value!r}: unit {unit!r} given twice")
-        seen.add(unit)
-        total += int(number) * _UNITS[unit]
-        pos = match.end()
-    if pos != len(text):
-        raise ValueError(f"invalid duration {value!r}: expected e.g. 12h, 90m, 1h30m, 45s or seconds")
-    return total
-
-
-def format_duration(seconds: float) -> str:
-    """Human form: 4h05m, 12m30s, 45s (negative values are shown as 0s)."""
-    s = max(0, int(round(seconds)))
-    hours, rest = divmod(s, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
-    return f"{secs}s"
-
-
-def format_clock(epoch: float) -> str:
-    """HH:MM in UTC, the form used in refusal messages ("budget exhausted until 17:05 UTC")."""
-    return time.strftime("%H:%M", time.gmtime(epoch))
-
-
-def format_iso(epoch: Optional[float]) -> Optional[str]:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
+from metalab.rules import (  # noqa: F401 - durations and kinds are rules, re-exported for the guard
+    KINDS,
+    WINDOW,
+    format_clock,
+    format_duration,
+    format_iso,
+    parse_duration,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Policy objects

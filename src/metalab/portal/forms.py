@@ -6,8 +6,10 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, SelectChoice, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length, Regexp
 
+from metalab.rules import USER_NAME
+
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, so "alice\n" would pass.
-USER_PATTERN = r"\A[a-z_][a-z0-9_-]{0,31}\Z"
+USER_PATTERN = USER_NAME.pattern
 
 
 class LoginForm(FlaskForm):

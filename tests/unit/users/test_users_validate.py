@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.metalab.lab.plugins.module_utils.labusers import validate_users
+from metalab.rules import validate_users
 
 GiB = 1024**3
 
@@ -21,6 +21,7 @@ def test_valid_list_normalised():
     assert alice == {
         "name": "alice",
         "login": "lab-alice",
+        "home": "/srv/metalab/homes/lab-alice",
         "quota": "15G",
         "quota_bytes": 15 * GiB,
         "gpu": True,

@@ -1,0 +1,1 @@
+../../src/metalab/rules.py

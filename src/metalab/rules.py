@@ -1,0 +1,389 @@
+# Copyright: metalab contributors
+# Apache-2.0
+"""metalab's rules, once: names, sizes, durations, supported platforms, lab-wide defaults, the lab_users list.
+
+Every layer reads its rules from here: labctl on the controller, the collection's plugins (as
+``ansible_collections.metalab.lab.plugins.module_utils.rules``, a link to this file, so Ansible ships it to the
+hosts with the modules), the guard and the broker (root on a lab host) and the portal (unprivileged). So this
+module imports the standard library only, and nothing here reads a file, the clock or the environment.
+
+This file is over 400 lines because the lab_users resolution (validate_users) is the largest rule: it stays next
+to the name, size and uid rules it applies rather than in a module of its own that would import them back.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Dict, List, Mapping, Optional
+
+# ---------------------------------------------------------------------------------------------------------------
+# Lab-wide defaults (the roles' defaults and the guard's fallbacks say the same; tests/unit/rules checks it).
+
+DEFAULT_USERS_PREFIX = "lab-"  # host account = prefix + lab user name
+DEFAULT_QUOTA = "15G"  # SageMaker Studio Lab's 15 GB of persistent storage
+DEFAULT_HOMES_ROOT = "/srv/metalab/homes"
+GUARD_CONFIG = "/etc/metalab/guard.json"
+USERS_GROUP = "labusers"
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names
+
+# A lab user's name: 1-31 characters (the host account adds a prefix and must stay within 32).
+USER_NAME_PATTERN = r"[a-z_][a-z0-9_-]{0,30}"
+# Matched in full: "$" alone would accept a trailing newline.
+USER_NAME = re.compile(r"\A" + USER_NAME_PATTERN + r"\Z")
+USER_NAME_HELP = "use 1-31 characters, lowercase letters, digits, _ and -, starting with a letter or _"
+USERS_PREFIX = re.compile(r"\A[a-z_][a-z0-9_-]*\Z")
+MAX_LOGIN_LEN = 32  # useradd refuses longer names on the supported platforms
+# Refused even though the prefix keeps host accounts apart: these names confuse people and logs.
+RESERVED_NAMES = frozenset(
+    [
+        "root",
+        "admin",
+        "administrator",
+        "daemon",
+        "bin",
+        "sys",
+        "sync",
+        "games",
+        "man",
+        "lp",
+        "mail",
+        "news",
+        "uucp",
+        "proxy",
+        "www-data",
+        "backup",
+        "list",
+        "irc",
+        "gnats",
+        "nobody",
+        "nogroup",
+        "systemd",
+        "sshd",
+        "sudo",
+        "wheel",
+        "adm",
+        "staff",
+        "users",
+        "operator",
+        "shadow",
+        "docker",
+        "podman",
+        "lxd",
+        "nginx",
+        "metalab",
+        "studio-lab-user",
+        "ubuntu",
+        "debian",
+        "ec2-user",
+        "ansible",
+    ]
+)
+MIN_UID = 1000
+MAX_UID = 4294967294
+NOBODY_UID = 65534
+
+
+def is_user_name(value: object) -> bool:
+    return isinstance(value, str) and USER_NAME.match(value) is not None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sizes: binary, 15G = 15 GiB, the way xfs_quota, setquota and SageMaker Studio Lab's "15 GB" mean it.
+# Accepted: a number (decimals allowed) and one unit K, M, G or T, optionally followed by "iB"
+# (15G, 15GiB, 500M, 1.5T). "GB" is refused on purpose: it would suggest powers of ten.
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT])(iB)?\s*$")
+SIZE_UNITS = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+class SizeError(ValueError):
+    """Not a size metalab understands."""
+
+
+def parse_size(value: Any) -> int:
+    """'15G' -> bytes. Raises SizeError with the accepted forms."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise SizeError("not a size: " + repr(value) + " (use e.g. 500M, 15G, 1.5T)")
+    match = _SIZE_RE.match(str(value))
+    if not match:
+        raise SizeError(
+            "not a size: "
+            + repr(value)
+            + " (use a number and one binary unit K, M, G or T, e.g. 500M, 15G, 1.5T or 15GiB)"
+        )
+    size = int(float(match.group(1)) * SIZE_UNITS[match.group(2)])
+    if size <= 0:
+        raise SizeError("size must be larger than zero: " + repr(value))
+    return size
+
+
+def human_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        factor = SIZE_UNITS[unit]
+        if size >= factor and size % factor == 0:
+            return str(size // factor) + unit
+    for unit in ("T", "G", "M", "K"):
+        if size >= SIZE_UNITS[unit]:
+            return f"{size / SIZE_UNITS[unit]:.1f}{unit}"
+    return str(size)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Durations
+
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION_PART = re.compile(r"(\d+)([a-zA-Z]*)")
+_DURATION_HELP = "expected e.g. 12h, 90m, 1h30m, 45s or seconds"
+
+
+def parse_duration(value: object) -> int:
+    """Parse "12h", "90m", "1h30m", "45s", "2d" or an integer (seconds) into seconds.
+
+    Raises ValueError naming the bad value for anything else (unknown unit, negative, empty, bool).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: {_DURATION_HELP}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r}: must not be negative")
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    if not isinstance(value, str):
+        raise ValueError(f"invalid duration {value!r}: {_DURATION_HELP}")
+    text = value.strip().lower()
+    if text.isdigit():
+        return int(text)
+    if not text:
+        raise ValueError(f"invalid duration {value!r}: empty")
+    total = 0
+    pos = 0
+    seen = set()
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        number, unit = match.groups()
+        if unit not in _DURATION_UNITS:
+            raise ValueError(f"invalid duration {value!r}: unknown unit {unit or '(none)'!r}; use d, h, m or s")
+        if unit in seen:
+            raise ValueError(f"invalid duration {value!r}: unit {unit!r} given twice")
+        seen.add(unit)
+        total += int(number) * _DURATION_UNITS[unit]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError(f"invalid duration {value!r}: {_DURATION_HELP}")
+    return total
+
+
+def format_duration(seconds: float) -> str:
+    """Human form: 4h05m, 12m30s, 45s (negative values are shown as 0s)."""
+    s = max(0, int(round(seconds)))
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+def format_clock(epoch: float) -> str:
+    """HH:MM in UTC, the form used in refusal messages ("budget exhausted until 17:05 UTC")."""
+    return time.strftime("%H:%M", time.gmtime(epoch))
+
+
+def format_iso(epoch: Optional[float]) -> Optional[str]:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Runtimes
+
+KINDS = ("cpu", "gpu")
+WINDOW = 24 * 3600  # budgets are rolling 24-hour windows
+
+# ---------------------------------------------------------------------------------------------------------------
+# Platforms: distribution -> supported major versions (the facts' distribution and distribution_major_version).
+
+PLATFORMS: Dict[str, tuple] = {"Debian": ("12",), "Ubuntu": ("22", "24"), "Amazon": ("2023",)}
+PLATFORMS_HELP = "Ubuntu 22.04/24.04, Debian 12, Amazon Linux 2023"
+# Platforms refused with a reason of their own.
+REFUSED_PLATFORMS = {
+    "Amazon_2": "Amazon Linux 2 is past its end of support and its Python is too old for current ansible-core; "
+    "use Amazon Linux 2023",
+}
+
+
+def platform_problem(distribution: str, major_version: str, version: str = "") -> Optional[str]:
+    """None when metalab supports this platform, else the message that says why not."""
+    key = f"{distribution}_{major_version}"
+    if key in REFUSED_PLATFORMS:
+        return REFUSED_PLATFORMS[key]
+    if major_version in PLATFORMS.get(distribution, ()):
+        return None
+    return f"{distribution} {version or major_version} is not supported by metalab; supported: {PLATFORMS_HELP}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lab_users list, resolved: validated and normalised once, then read by every role, template and tool.
+
+USER_KEYS = ("name", "quota", "gpu", "state", "uid", "comment")
+USER_STATES = ("present", "absent")
+
+
+def _label(index: int, entry: Any) -> str:
+    name = entry.get("name") if isinstance(entry, Mapping) else None
+    if name is None:
+        return "lab_users[" + str(index) + "]"
+    return "lab_users[" + str(index) + "] (name " + repr(name) + ")"
+
+
+def _name_problem(name: Any, prefix: str) -> Optional[str]:
+    if not is_user_name(name):
+        return "invalid name " + repr(name) + ": " + USER_NAME_HELP
+    if name in RESERVED_NAMES:
+        return "name " + repr(name) + " is reserved"
+    if len(prefix + name) > MAX_LOGIN_LEN:
+        return "host account " + repr(prefix + name) + " is longer than " + str(MAX_LOGIN_LEN) + " characters"
+    return None
+
+
+def _uid_problem(uid: Any) -> Optional[str]:
+    if uid is None:
+        return None
+    if isinstance(uid, bool) or not isinstance(uid, int) or not MIN_UID <= uid <= MAX_UID or uid == NOBODY_UID:
+        return "uid must be an integer from " + str(MIN_UID) + " (not " + str(NOBODY_UID) + "), got " + repr(uid)
+    return None
+
+
+def validate_users(
+    entries: Any,
+    *,
+    default_quota: Any = DEFAULT_QUOTA,
+    prefix: str = DEFAULT_USERS_PREFIX,
+    homes_root: str = DEFAULT_HOMES_ROOT,
+    volume_size: Optional[int] = None,
+    require_quota: bool = False,
+) -> Dict[str, Any]:
+    """Check the lab_users list; return {"users": [normalised], "errors": [...], "warnings": [...]}.
+
+    Normalised entry: name, login (prefix + name), home (homes_root/login), quota (the text), quota_bytes, gpu,
+    state, uid (or None), comment. Nothing is changed anywhere; the caller fails when errors is not empty.
+    """
+    errors: List[str] = []
+    warnings: List[str] = []
+    users: List[Dict[str, Any]] = []
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        return {
+            "users": [],
+            "errors": ["lab_users must be a list of entries, got " + type(entries).__name__],
+            "warnings": [],
+        }
+    if not isinstance(prefix, str) or not USERS_PREFIX.match(prefix or "x"):
+        errors.append("lab_users_prefix " + repr(prefix) + " is not POSIX-safe (lowercase letters, digits, _ and -)")
+        prefix = str(prefix)
+    try:
+        default_bytes: Optional[int] = parse_size(default_quota) if default_quota not in (None, "") else None
+    except SizeError as exc:
+        errors.append("lab_users_default_quota: " + str(exc))
+        default_bytes = None
+
+    seen_names: Dict[str, int] = {}
+    seen_uids: Dict[int, int] = {}
+    for index, entry in enumerate(entries):
+        where = _label(index, entry)
+        if not isinstance(entry, Mapping):
+            errors.append(where + ": must be a mapping with at least a name, got " + type(entry).__name__)
+            continue
+        problems: List[str] = []
+        unknown = sorted(str(k) for k in entry if k not in USER_KEYS)
+        if unknown:
+            problems.append("unknown key(s) " + ", ".join(unknown) + " (allowed: " + ", ".join(USER_KEYS) + ")")
+        name = entry.get("name")
+        name_problem = _name_problem(name, prefix)
+        if name_problem:
+            problems.append(name_problem)
+        elif name in seen_names:
+            problems.append("duplicate name, already used by lab_users[" + str(seen_names[name]) + "]")
+        state = entry.get("state", "present")
+        if state not in USER_STATES:
+            problems.append("state must be present or absent, got " + repr(state))
+        gpu = entry.get("gpu", False)
+        if not isinstance(gpu, bool):
+            problems.append("gpu must be true or false, got " + repr(gpu))
+        uid = entry.get("uid")
+        uid_problem = _uid_problem(uid)
+        if uid_problem:
+            problems.append(uid_problem)
+        elif uid is not None and uid in seen_uids:
+            problems.append("duplicate uid " + str(uid) + ", already used by lab_users[" + str(seen_uids[uid]) + "]")
+        quota_text = entry.get("quota")
+        quota_bytes: Optional[int] = None
+        if quota_text is None:
+            if require_quota and default_bytes is None:
+                problems.append("no quota and no lab_users_default_quota")
+            quota_bytes = default_bytes
+            quota_text = default_quota if default_bytes is not None else None
+        else:
+            try:
+                quota_bytes = parse_size(quota_text)
+            except SizeError as exc:
+                problems.append("invalid quota: " + str(exc))
+        if quota_bytes is not None and volume_size and quota_bytes > volume_size and state == "present":
+            problems.append(
+                "quota " + str(quota_text) + " is larger than the homes volume (" + human_size(volume_size) + ")"
+            )
+        comment = entry.get("comment", "")
+        if comment is None:
+            comment = ""
+        if not isinstance(comment, str) or ":" in comment or "\n" in comment:
+            problems.append("comment must be text without ':' or newlines")
+        if problems:
+            errors.extend(where + ": " + p for p in problems)
+        if isinstance(name, str) and name not in seen_names:
+            seen_names[name] = index
+        if isinstance(uid, int) and not isinstance(uid, bool) and uid not in seen_uids:
+            seen_uids[uid] = index
+        if problems:
+            continue
+        login = prefix + str(name)
+        users.append(
+            {
+                "name": name,
+                "login": login,
+                "home": homes_root.rstrip("/") + "/" + login,
+                "quota": quota_text,
+                "quota_bytes": quota_bytes,
+                "gpu": gpu,
+                "state": state,
+                "uid": uid,
+                "comment": comment,
+            }
+        )
+    if volume_size:
+        total = sum(u["quota_bytes"] or 0 for u in users if u["state"] == "present")
+        if total > volume_size:
+            warnings.append(
+                "the quotas of present lab users add up to "
+                + human_size(total)
+                + ", more than the homes volume ("
+                + human_size(volume_size)
+                + "): the volume is overcommitted"
+            )
+    return {"users": users, "errors": errors, "warnings": warnings}
+
+
+def present_users(resolved: List[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+    """The present entries of a resolved list, in list order."""
+    return [u for u in resolved if u["state"] == "present"]
+
+
+def invalid_message(errors: List[str]) -> str:
+    return "invalid lab_users, nothing changed: " + "; ".join(errors)
