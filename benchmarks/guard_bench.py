@@ -22,17 +22,24 @@ import time
 from typing import Any, Dict, List
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
 
-from metalab.guard.config import parse_config  # noqa: E402
-from metalab.guard.ledger import Ledger  # noqa: E402
-from metalab.guard.sessions import Lab  # noqa: E402
-from metalab.guard.simulated import SimulatedPodman  # noqa: E402
+from simulated_podman import SimulatedPodman  # noqa: E402
+
+from metalab.host.guard.config import parse_config  # noqa: E402
+from metalab.host.guard.ledger import Ledger  # noqa: E402
+from metalab.host.guard.sessions import Lab  # noqa: E402
 
 NOW = 1_700_000_000.0
 H = 3600
 USERS = 400
 RUNNING = 200
 ROWS = 10_000
+
+
+def podman_state(root: str) -> str:
+    """The simulated podman's state file of a benchmark lab (copied with the lab's directory)."""
+    return os.path.join(root, "podman.json")
 
 
 def make_config(root: str, users: int) -> Dict[str, Any]:
@@ -45,8 +52,6 @@ def make_config(root: str, users: int) -> Dict[str, Any]:
         "users": {},
         "policy": {"preset": "studiolab-2023"},
         "runtime": {
-            "engine": "fake",
-            "fake_state": os.path.join(root, "podman.json"),
             "socket_root": os.path.join(root, "sockets"),
             "token_dir": os.path.join(root, "tokens"),
             "env_dir": os.path.join(root, "env"),
@@ -77,7 +82,7 @@ def populate(root: str, data: Dict[str, Any]) -> None:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
-    sim = SimulatedPodman(data["runtime"]["fake_state"], record_calls=False)
+    sim = SimulatedPodman(podman_state(root), record_calls=False)
     state: Dict[str, Any] = {"containers": {}, "calls": []}
     for i in range(RUNNING):
         user = names[i]
@@ -102,7 +107,7 @@ def time_runs(template: str, data: Dict[str, Any], repeat: int) -> Dict[str, Any
             shutil.copytree(template, work, dirs_exist_ok=True)
             cfg = json.loads(json.dumps(data).replace(template, work))
             lab = Lab(parse_config(cfg), actor="bench")
-            lab.engine.runner = SimulatedPodman(cfg["runtime"]["fake_state"], record_calls=False)
+            lab.engine.runner = SimulatedPodman(podman_state(work), record_calls=False)
             t0 = time.perf_counter()
             result = lab.run(NOW)
             times.append(time.perf_counter() - t0)
@@ -133,7 +138,7 @@ def main() -> int:
     ):
         empty_cfg = make_config(empty_root, 1)
         Ledger(empty_cfg["ledger"]).close()
-        SimulatedPodman(empty_cfg["runtime"]["fake_state"]).save({"containers": {}, "calls": []})
+        SimulatedPodman(podman_state(empty_root)).save({"containers": {}, "calls": []})
         busy_cfg = make_config(busy_root, USERS)
         populate(busy_root, busy_cfg)
         baseline = time_runs(empty_root, empty_cfg, args.repeat)

@@ -4,18 +4,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from collections.abc import Mapping
+
+from ansible_collections.metalab.lab.plugins.module_utils.rules import build_policy
 
 DOCUMENTATION = r"""
 name: guard_policy_errors
 short_description: What metalab-guard would refuse in the session settings, checked on the controller
 description:
   - Builds the guard's session policy from C(lab_session_limits), C(lab_session_budgets), C(lab_session_warnings)
-    and C(lab_session_preset), and each lab user's C(lab_session_overrides), with the guard's own code (the
-    collection's C(src/metalab/guard/policy.py), the file the session_limits role installs on the hosts).
+    and C(lab_session_preset), and each lab user's C(lab_session_overrides), with the rules the guard itself
+    applies (C(plugins/module_utils/rules.py), the same file as C(src/metalab/rules.py), which the session_limits
+    role installs on the hosts).
   - Returns one message per problem (an empty list when the guard accepts everything), so a play can refuse
     bad settings before it changes any host; on the host, C(guard.json) is validated by the same code again.
 positional: overrides
@@ -42,27 +42,8 @@ _value:
   elements: str
 """
 
-# src/metalab/guard/policy.py of this collection: standard library only, loaded under a private name so that
-# a different metalab package installed on the controller (labctl's) is never mixed in.
-_POLICY_FILE = os.path.join(os.path.dirname(__file__), "..", "..", "src", "metalab", "guard", "policy.py")
-_policy = None
-
-
-def _load_policy():
-    global _policy
-    if _policy is None:
-        spec = importlib.util.spec_from_file_location("_metalab_lab_guard_policy", os.path.normpath(_POLICY_FILE))
-        if spec is None or spec.loader is None:
-            raise RuntimeError("cannot load " + _POLICY_FILE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        _policy = module
-    return _policy
-
 
 def guard_policy_errors(policy, overrides=None):
-    build_policy = _load_policy().build_policy
     if not isinstance(policy, Mapping):
         return ["session settings: expected a mapping (limits, budgets, warnings), got " + type(policy).__name__]
     errors = []

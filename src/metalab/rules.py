@@ -7,15 +7,17 @@ Every layer reads its rules from here: labctl on the controller, the collection'
 hosts with the modules), the guard and the broker (root on a lab host) and the portal (unprivileged). So this
 module imports the standard library only, and nothing here reads a file, the clock or the environment.
 
-This file is over 400 lines because the lab_users resolution (validate_users) is the largest rule: it stays next
-to the name, size and uid rules it applies rather than in a module of its own that would import them back.
+This file is over 400 lines because two of the rules are large: the session settings (build_policy: limits,
+budgets, warnings, presets) and the lab_users resolution (validate_users). They stay next to the duration, name,
+size and uid rules they apply; one file is also what lets plugins/module_utils/rules.py be a single link.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 # ---------------------------------------------------------------------------------------------------------------
 # Lab-wide defaults (the roles' defaults and the guard's fallbacks say the same; tests/unit/rules checks it).
@@ -206,6 +208,103 @@ def format_iso(epoch: Optional[float]) -> Optional[str]:
 
 KINDS = ("cpu", "gpu")
 WINDOW = 24 * 3600  # budgets are rolling 24-hour windows
+
+# ---------------------------------------------------------------------------------------------------------------
+# Session settings: limits, budgets, warnings and presets (lab_session_*), as the guard applies them
+
+
+DEFAULT_LIMITS = {"cpu": 12 * 3600, "gpu": 4 * 3600}
+DEFAULT_WARNINGS: Tuple[int, ...] = (15 * 60, 5 * 60)
+DEFAULT_MIN_START = 5 * 60
+
+PRESETS: Dict[str, Dict[str, Dict[str, Optional[int]]]] = {
+    # SageMaker Studio Lab as of 2023: 4 h per session, 8 h CPU and 4 h GPU per 24 h.
+    "studiolab-2023": {
+        "limits": {"cpu": 4 * 3600, "gpu": 4 * 3600},
+        "budgets": {"cpu": 8 * 3600, "gpu": 4 * 3600},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Effective policy for one user: limits and budgets in seconds per kind (budget None = unlimited)."""
+
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    budgets: Mapping[str, Optional[int]] = field(default_factory=lambda: {"cpu": None, "gpu": None})
+    warnings: Tuple[int, ...] = DEFAULT_WARNINGS
+    min_start: int = DEFAULT_MIN_START
+
+    def limit(self, kind: str) -> int:
+        return int(self.limits[kind])
+
+    def budget(self, kind: str) -> Optional[int]:
+        value = self.budgets.get(kind)
+        return None if value is None else int(value)
+
+
+def _durations_by_kind(raw: object, what: str, allow_none: bool) -> Dict[str, Optional[int]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{what}: expected a mapping of kind to duration, got {raw!r}")
+    out: Dict[str, Optional[int]] = {}
+    for kind, value in raw.items():
+        if kind not in KINDS:
+            raise ValueError(f"{what}: unknown runtime kind {kind!r}; use cpu or gpu")
+        if value is None or value is False:
+            if not allow_none:
+                raise ValueError(f"{what}.{kind}: a session limit is required")
+            out[kind] = None
+            continue
+        try:
+            out[kind] = parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"{what}.{kind}: {exc}") from None
+        if out[kind] == 0:
+            raise ValueError(f"{what}.{kind}: must be greater than zero (use null for no budget)")
+    return out
+
+
+def build_policy(raw: Optional[Mapping[str, object]], override: Optional[Mapping[str, object]] = None) -> Policy:
+    """Build the effective Policy from the config's ``policy`` section and a user's overrides.
+
+    Order: defaults < preset < policy.limits/budgets < user limits/budgets.
+    """
+    raw = raw or {}
+    override = override or {}
+    limits: Dict[str, int] = dict(DEFAULT_LIMITS)
+    budgets: Dict[str, Optional[int]] = {"cpu": None, "gpu": None}
+    preset = raw.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"policy.preset: unknown preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+        limits.update({k: int(v) for k, v in PRESETS[str(preset)]["limits"].items() if v is not None})
+        budgets.update(PRESETS[str(preset)]["budgets"])
+    for source, prefix in ((raw, "policy"), (override, "user override")):
+        for kind, value in _durations_by_kind(source.get("limits"), f"{prefix} limits", False).items():
+            assert value is not None
+            limits[kind] = value
+        budgets.update(_durations_by_kind(source.get("budgets"), f"{prefix} budgets", True))
+    warnings_raw = raw.get("warnings", None)
+    if warnings_raw is None:
+        warnings = DEFAULT_WARNINGS
+    else:
+        if not isinstance(warnings_raw, (list, tuple)):
+            raise ValueError(f"policy.warnings: expected a list of durations, got {warnings_raw!r}")
+        try:
+            warnings = tuple(sorted({parse_duration(w) for w in warnings_raw}, reverse=True))
+        except ValueError as exc:
+            raise ValueError(f"policy.warnings: {exc}") from None
+    try:
+        min_start = parse_duration(raw.get("min_start", DEFAULT_MIN_START))
+    except ValueError as exc:
+        raise ValueError(f"policy.min_start: {exc}") from None
+    for kind, budget in budgets.items():
+        if budget is not None and budget < min_start:
+            raise ValueError(f"budgets.{kind}: {budget}s is shorter than policy.min_start ({min_start}s)")
+    return Policy(limits=limits, budgets=budgets, warnings=warnings, min_start=min_start)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Platforms: distribution -> supported major versions (the facts' distribution and distribution_major_version).

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
 import threading
 from datetime import timedelta
 from typing import Any, Callable, Dict, Optional, Tuple, TypeVar, cast
-from urllib.parse import unquote, urlsplit
 
 from flask import Flask, Response, abort, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from metalab.broker.client import BrokerClient, BrokerError
+from metalab.brokerapi.client import BrokerClient, BrokerError
 from metalab.portal.auth import AuthBackend, BrokerPasswordBackend, Identity
 from metalab.portal.forms import (
-    USER_PATTERN,
     ActionForm,
     AdminExtendForm,
     AdminStopForm,
@@ -26,9 +23,8 @@ from metalab.portal.forms import (
     StartForm,
 )
 from metalab.portal.settings import Settings, load_or_create_secret, load_settings
+from metalab.portal.text import human_bytes, human_seconds, lab_user_of, refusal_title, safe_next
 
-LAB_PREFIX = re.compile(r"\A/user/([^/]+)(?:/|\Z)")
-USER_NAME = re.compile(USER_PATTERN)
 TOKEN_HEADER = "X-Lab-Token"
 USER_HEADER = "X-Lab-User"
 
@@ -49,64 +45,6 @@ class LoopbackProxyFix:
         if environ.get("REMOTE_ADDR") in TRUSTED_PROXIES:
             return self.fixed(environ, start_response)
         return self.app(environ, start_response)
-
-
-def human_bytes(n: Optional[int]) -> str:
-    if n is None:
-        return "n/a"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def human_seconds(seconds: Optional[int]) -> str:
-    if seconds is None:
-        return "no limit"
-    s = max(0, int(seconds))
-    hours, rest = divmod(s, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def safe_next(target: Optional[str]) -> str:
-    """Only paths on this site (no scheme, no host, no ``//``, no backslashes): no open redirect after login."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    parts = urlsplit(target)
-    return target if not parts.scheme and not parts.netloc else "/"
-
-
-def lab_user_of(uri: Optional[str]) -> Optional[str]:
-    """The NAME of ``/user/NAME/...`` in the original URI, or None when the URI could mean something else to nginx
-    (dot segments or encoded slashes, which nginx resolves before routing)."""
-    if not uri:
-        return None
-    path = urlsplit(uri).path
-    decoded = unquote(path)
-    if "\\" in decoded or "//" in decoded or any(seg in (".", "..") for seg in decoded.split("/")):
-        return None
-    if "%2f" in path.lower() or "%5c" in path.lower():
-        return None
-    match = LAB_PREFIX.match(decoded)
-    if match is None or not USER_NAME.fullmatch(match.group(1)):
-        return None
-    return match.group(1)
-
-
-def refusal_title(message: str) -> Tuple[str, str]:
-    """(page title, kind) for a guard refusal message."""
-    if "no GPU runtime available" in message:
-        return "No GPU runtime available right now", "no-gpu"
-    if "budget exhausted" in message:
-        return "Budget exhausted", "budget"
-    if "already has" in message:
-        return "A runtime is already running", "running"
-    if "already in progress" in message:
-        return "A start or stop is already in progress", "busy"
-    return "The runtime was not started", "refused"
 
 
 def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBackend] = None) -> Flask:

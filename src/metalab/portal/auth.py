@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from metalab.broker.client import BrokerClient
+from metalab.brokerapi.client import BrokerClient
 
 
 @dataclass(frozen=True)

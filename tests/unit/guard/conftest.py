@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
+from simulated_podman import WITH_SIMULATED_PODMAN, SimulatedPodman
 
-from metalab.guard.config import parse_config
-from metalab.guard.sessions import Lab
-from metalab.guard.simulated import SimulatedPodman
+from metalab.host.guard.config import parse_config
+from metalab.host.guard.engine import PodmanEngine
+from metalab.host.guard.sessions import Lab
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 H = 3600
@@ -38,8 +39,6 @@ def base_config(tmp: Path) -> Dict[str, Any]:
         "users": users,
         "policy": {"limits": {"cpu": "12h", "gpu": "4h"}, "warnings": ["15m", "5m"]},
         "runtime": {
-            "engine": "fake",
-            "fake_state": str(tmp / "podman.json"),
             "image": "localhost/metalab-runtime:test",
             "resources": {"cpu": {"cpus": 4, "memory": "16g", "pids": 4096}, "gpu": {"cpus": 8, "memory": "32g"}},
             "socket_root": str(tmp / "sockets"),
@@ -60,7 +59,8 @@ class Env:
         self.tmp = tmp
         self.data = base_config(tmp)
         self.path = tmp / "guard.json"
-        self.sim = SimulatedPodman(self.data["runtime"]["fake_state"])
+        self.state = tmp / "podman.json"
+        self.sim = SimulatedPodman(str(self.state))
         self._labs: List[Lab] = []
         self.write()
 
@@ -68,14 +68,24 @@ class Env:
         self.path.write_text(json.dumps(self.data))
 
     def lab(self) -> Lab:
-        lab = Lab(parse_config(self.data, str(self.path)))
+        config = parse_config(self.data, str(self.path))
+        lab = Lab(config, engine=PodmanEngine(config.runtime, runner=self.sim))
         self._labs.append(lab)
         return lab
 
     def cli(self, *args: str, now: float = T0) -> subprocess.CompletedProcess:
         env = dict(os.environ, PYTHONPATH=SRC, METALAB_GUARD_CONFIG=str(self.path))
         return subprocess.run(
-            [sys.executable, "-m", "metalab.guard.cli", "--now", repr(now), *args],
+            [
+                sys.executable,
+                WITH_SIMULATED_PODMAN,
+                str(self.state),
+                "-m",
+                "metalab.host.guard.cli",
+                "--now",
+                repr(now),
+                *args,
+            ],
             env=env,
             capture_output=True,
             text=True,

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from metalab.guard import cli
+from metalab.host.guard import cli
 
 from .conftest import T0, H
 

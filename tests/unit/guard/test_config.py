@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from metalab.guard.config import ConfigError, parse_config
+from metalab.host.guard.config import ConfigError, parse_config
 
 from .conftest import H, base_config
 

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from metalab.guard import drain
-from metalab.guard.config import ConfigError, parse_config
-from metalab.guard.sessions import Refused
+from metalab.host.guard import drain
+from metalab.host.guard.config import ConfigError, parse_config
+from metalab.host.guard.sessions import Refused
 
 from .conftest import T0
 

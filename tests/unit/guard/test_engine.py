@@ -5,8 +5,8 @@ from typing import List, Sequence
 
 import pytest
 
-from metalab.guard.config import ConfigError, parse_config
-from metalab.guard.engine import TERMINAL_SCRIPT, ContainerSpec, EngineError, PodmanEngine, Result, parse_ps
+from metalab.host.guard.config import ConfigError, parse_config
+from metalab.host.guard.engine import TERMINAL_SCRIPT, ContainerSpec, EngineError, PodmanEngine, Result, parse_ps
 
 from .conftest import base_config
 

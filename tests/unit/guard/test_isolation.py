@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from metalab.guard import files
-from metalab.guard.config import ConfigError, parse_config
-from metalab.guard.sessions import Failure
+from metalab.host.guard import files
+from metalab.host.guard.config import ConfigError, parse_config
+from metalab.host.guard.sessions import Failure
 
 from .conftest import T0, H, base_config
 from .test_engine import engine, spec

@@ -8,8 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from simulated_podman import WITH_SIMULATED_PODMAN
 
-from metalab.guard.ledger import Ledger, LedgerError
+from metalab.host.guard.ledger import Ledger, LedgerError
 
 from .conftest import SRC, T0, H
 
@@ -70,7 +71,7 @@ def test_a_writer_killed_mid_transaction_leaves_nothing(tmp_path):
     code = f"""
 import os, signal, sys
 sys.path.insert(0, {SRC!r})
-from metalab.guard.ledger import Ledger
+from metalab.host.guard.ledger import Ledger
 led = Ledger({path!r})
 with led.transaction() as cur:
     cur.execute("INSERT INTO runtimes (user, host, kind, container, state, started)"
@@ -144,7 +145,8 @@ def test_two_concurrent_guard_runs_take_turns(env, lab):
     lab.start("bob", "cpu", T0)
     env.sim.update(delay={"ps": 1.5})
     cmd_env = dict(os.environ, PYTHONPATH=SRC, METALAB_GUARD_CONFIG=str(env.path))
-    argv = [sys.executable, "-m", "metalab.guard.cli", "--now", repr(T0 + 13 * H), "run", "--json"]
+    argv = [sys.executable, WITH_SIMULATED_PODMAN, str(env.state), "-m", "metalab.host.guard.cli"]
+    argv += ["--now", repr(T0 + 13 * H), "run", "--json"]
     procs = [subprocess.Popen(argv, env=cmd_env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     reports = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from metalab.guard.policy import (
+from metalab.host.guard.policy import (
     Interval,
     Policy,
     budget_available_at,

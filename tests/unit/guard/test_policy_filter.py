@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import os
 
 import pytest
 from ansible_collections.metalab.lab.plugins.filter.guard import FilterModule, guard_policy_errors
@@ -52,8 +52,16 @@ def test_each_bad_override_is_reported_by_user():
     ]
 
 
-def test_uses_the_collections_guard_code_not_an_installed_metalab():
-    guard_policy_errors(DEFAULTS)
-    loaded = sys.modules["_metalab_lab_guard_policy"]
-    assert loaded.__file__.endswith("src/metalab/guard/policy.py")
-    assert "metalab.guard.policy" not in loaded.__name__
+def test_the_filter_applies_the_rules_the_guard_applies():
+    """The controller-side check and the guard on the host read one file: module_utils/rules.py is metalab.rules."""
+    from ansible_collections.metalab.lab.plugins.module_utils import rules as plugin_rules
+
+    from metalab import rules
+    from metalab.host.guard import policy
+
+    assert os.path.samefile(plugin_rules.__file__, rules.__file__)
+    assert policy.build_policy is rules.build_policy
+    bad = {"limits": {"cpu": "12 hours"}}
+    with pytest.raises(ValueError) as refused:
+        rules.build_policy(bad)
+    assert guard_policy_errors(bad) == ["lab_session_* settings: " + str(refused.value)]

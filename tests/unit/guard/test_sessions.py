@@ -5,8 +5,8 @@ import stat
 
 import pytest
 
-from metalab.guard import metrics, sessions
-from metalab.guard.sessions import Failure, Refused
+from metalab.host.guard import metrics, sessions
+from metalab.host.guard.sessions import Failure, Refused
 
 from .conftest import T0, H
 

@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 import pytest
+from simulated_podman import SimulatedPodman, use_simulated_podman
 
-from metalab.broker.auth import AuthStore
-from metalab.broker.client import BrokerClient
-from metalab.broker.config import BrokerConfig, parse_config
-from metalab.broker.server import BrokerServer, serve_in_thread
-from metalab.guard.config import parse_config as parse_guard_config
-from metalab.guard.sessions import Lab
-from metalab.guard.simulated import SimulatedPodman
+from metalab.brokerapi.client import BrokerClient
+from metalab.host.broker.auth import AuthStore
+from metalab.host.broker.config import BrokerConfig, parse_config
+from metalab.host.broker.server import BrokerServer, serve_in_thread
+from metalab.host.guard.config import parse_config as parse_guard_config
+from metalab.host.guard.engine import PodmanEngine
+from metalab.host.guard.sessions import Lab
 from metalab.portal.app import create_app
 from metalab.portal.settings import Settings
 
@@ -45,8 +46,6 @@ def guard_data(tmp: Path) -> Dict[str, Any]:
         "users": users,
         "policy": {"limits": {"cpu": "12h", "gpu": "4h"}},
         "runtime": {
-            "engine": "fake",
-            "fake_state": str(tmp / "podman.json"),
             "socket_root": str(tmp / "sockets"),
             "frontdoor_group": grp.getgrgid(os.getgid()).gr_name,
             "token_dir": str(tmp / "tokens"),
@@ -63,7 +62,8 @@ class LabEnv:
         self.tmp = tmp
         self.guard = guard_data(tmp)
         self.guard_path = tmp / "guard.json"
-        self.sim = SimulatedPodman(self.guard["runtime"]["fake_state"])
+        self.state = tmp / "podman.json"
+        self.sim = SimulatedPodman(str(self.state), jupyter_sockets=self.guard["runtime"]["socket_root"])
         self.broker_data: Dict[str, Any] = {
             "socket": os.path.join(sockdir, "broker.sock"),
             "socket_group": None,
@@ -106,7 +106,8 @@ class LabEnv:
         return BrokerClient(self.broker_data["socket"], timeout=30)
 
     def lab(self) -> Lab:
-        return Lab(parse_guard_config(self.guard, str(self.guard_path)))
+        config = parse_guard_config(self.guard, str(self.guard_path))
+        return Lab(config, engine=PodmanEngine(config.runtime, runner=self.sim))
 
     def app(self):  # type: ignore[no-untyped-def]
         settings = Settings(
@@ -147,9 +148,10 @@ class Browser:
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[LabEnv]:
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LabEnv]:
     sockdir = tempfile.mkdtemp(prefix="mlb-", dir="/tmp")  # unix socket paths are limited to 108 bytes
     e = LabEnv(tmp_path, sockdir)
+    use_simulated_podman(e.sim, monkeypatch)  # the broker's Labs
     e.start_broker()
     try:
         yield e

@@ -14,13 +14,14 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from metalab.broker import cli
-from metalab.broker.auth import AuthError, AuthStore, client_key
-from metalab.broker.client import BrokerError
-from metalab.broker.config import BrokerConfigError, parse_config
-from metalab.portal.app import create_app, lab_user_of
+from metalab.brokerapi.client import BrokerError
+from metalab.host.broker import cli
+from metalab.host.broker.auth import AuthError, AuthStore, client_key
+from metalab.host.broker.config import BrokerConfigError, parse_config
+from metalab.portal.app import create_app
 from metalab.portal.forms import USER_PATTERN
 from metalab.portal.settings import Settings, SettingsError, parse_settings
+from metalab.portal.text import lab_user_of
 
 from .conftest import BASE, CSRF, PASSWORDS, LabEnv
 

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+from simulated_podman import WITH_SIMULATED_PODMAN
 
-from metalab.broker import cli
-from metalab.broker.auth import AuthStore, hash_password, parse_hash, token_digest, verify_password
-from metalab.broker.client import BrokerError
-from metalab.broker.config import BrokerConfigError, ScryptParams, parse_config
-from metalab.broker.tickets import TicketSigner, load_or_create_key
+from metalab.brokerapi.client import BrokerError
+from metalab.host.broker import cli
+from metalab.host.broker.auth import AuthStore, hash_password, parse_hash, token_digest, verify_password
+from metalab.host.broker.config import BrokerConfigError, ScryptParams, parse_config
+from metalab.host.broker.tickets import TicketSigner, load_or_create_key
 
 from .conftest import PASSWORDS, LabEnv, wait_for
 
@@ -302,7 +303,16 @@ def test_serve_runs_as_a_process(env: LabEnv) -> None:
     env.stop_broker()
     config = _config_file(env)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "metalab.broker.cli", "--config", config, "serve"],
+        [
+            sys.executable,
+            WITH_SIMULATED_PODMAN,
+            str(env.state),
+            "-m",
+            "metalab.host.broker.cli",
+            "--config",
+            config,
+            "serve",
+        ],
         env=dict(os.environ, PYTHONPATH=SRC),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

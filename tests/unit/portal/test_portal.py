@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metalab.portal.app import human_bytes, lab_user_of, safe_next
+from metalab.portal.text import human_bytes, lab_user_of, safe_next
 
 from .conftest import PASSWORDS, Browser, LabEnv
 
@@ -264,7 +264,7 @@ def test_admin_view_stop_and_extend(env: LabEnv) -> None:
 
 
 def test_enrollment_through_the_portal(env: LabEnv) -> None:
-    from metalab.broker.auth import AuthStore
+    from metalab.host.broker.auth import AuthStore
 
     link = AuthStore(env.broker_config).create_enrollment("bob")["token"]
     browser = env.browser()
@@ -288,3 +288,14 @@ def test_enrollment_through_the_portal(env: LabEnv) -> None:
 @pytest.mark.parametrize("path", ["/", "/admin", "/api/status"])
 def test_pages_need_a_session(env: LabEnv, path: str) -> None:
     assert env.browser().get(path).headers["Location"].startswith("/login?next=")
+
+
+def test_a_runtime_whose_jupyterlab_does_not_listen_yet_is_shown_starting(env: LabEnv) -> None:
+    """The container runs but nothing accepts on jupyter.sock: "Open JupyterLab" would only reach an error page."""
+    env.sim.jupyter_sockets = None  # the runtime starts, its JupyterLab never listens
+    browser = env.browser()
+    browser.login("alice")
+    assert browser.post("/start", {"kind": "cpu"}).status_code == 302
+    assert set(env.sim.containers()) == {"metalab-alice"}
+    page = browser.get("/").get_data(as_text=True)
+    assert 'id="runtime-state">starting' in page and "Open JupyterLab" not in page

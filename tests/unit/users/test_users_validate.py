@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from metalab.rules import validate_users
 
 GiB = 1024**3

@@ -1,4 +1,4 @@
-"""The broker's API: one JSON request in, one JSON response out (transport: metalab.broker.server).
+"""The broker's API: one JSON request in, one JSON response out (transport: metalab.host.broker.server).
 
 Requests are ``{"op": NAME, ...}``; responses ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": {"code": CODE, "message": TEXT}}``. Every operation on a runtime takes a ``ticket`` and acts
@@ -26,15 +26,15 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, Optional, Set
 
-from metalab.broker.auth import AuthError, AuthStore, StoreError
-from metalab.broker.config import BrokerConfig
-from metalab.broker.tickets import Ticket, TicketError, TicketSigner, load_or_create_key
-from metalab.guard.config import ConfigError, load_config
-from metalab.guard.engine import EngineError
-from metalab.guard.files import FileError, read_token
-from metalab.guard.ledger import LedgerError
-from metalab.guard.policy import KINDS, WINDOW, Interval, budget_left, parse_duration, start_decision
-from metalab.guard.sessions import Failure, Lab, Refused
+from metalab.host.broker.auth import AuthError, AuthStore, StoreError
+from metalab.host.broker.config import BrokerConfig
+from metalab.host.broker.tickets import Ticket, TicketError, TicketSigner, load_or_create_key
+from metalab.host.guard.config import ConfigError, load_config
+from metalab.host.guard.engine import EngineError
+from metalab.host.guard.files import FileError, read_token
+from metalab.host.guard.ledger import LedgerError
+from metalab.host.guard.policy import KINDS, WINDOW, Interval, budget_left, parse_duration, start_decision
+from metalab.host.guard.sessions import Failure, Lab, Refused
 from metalab.rules import USER_NAME
 
 log = logging.getLogger("metalab.broker")
@@ -215,7 +215,7 @@ class Broker:
             runtime = next((s for s in lab.status(now) if s["user"] == name), None)
             rt = lab.config.runtime
             sock = os.path.join(rt.socket_root, name, "jupyter.sock")
-            if runtime and runtime.get("state") == "running" and rt.engine == "podman" and not _listening(sock):
+            if runtime and runtime.get("state") == "running" and not _listening(sock):
                 # The container runs, but JupyterLab is not listening yet: "Open JupyterLab" would only show the
                 # front door's error page. The portal page reloads itself while a runtime is starting.
                 runtime = dict(runtime, state="starting")

@@ -1,4 +1,4 @@
-"""TEST SUPPORT ONLY: a simulated podman for unit tests, CLI tests and benchmarks (``runtime.engine: "fake"``).
+"""A simulated podman for unit tests, CLI tests and benchmarks: test support, never shipped to a host.
 
 It interprets the argv that ``PodmanEngine`` builds (run, stop, rm, ps, exec) against a JSON state file, so state
 survives across processes (CLI tests run ``metalab-guard`` as a subprocess). It never starts anything.
@@ -12,19 +12,25 @@ Fault injection, set in the state file by tests:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from metalab.guard.engine import Result
+from metalab.host.guard.engine import PodmanEngine, Result
 
 
 class SimulatedPodman:
-    def __init__(self, state_path: str, record_calls: bool = True) -> None:
+    def __init__(self, state_path: str, record_calls: bool = True, jupyter_sockets: Optional[str] = None) -> None:
+        """``jupyter_sockets``: the guard's socket_root; a started runtime then listens on its user's
+        ``jupyter.sock`` there (in this process, until it is stopped), the way JupyterLab does."""
         self.path = state_path
         self.record_calls = record_calls
+        self.jupyter_sockets = jupyter_sockets
+        self._servers: Dict[str, socket.socket] = {}
 
     # -- state file -------------------------------------------------------------------------------------------
 
@@ -129,12 +135,21 @@ class SimulatedPodman:
                     env[key] = value
         state["containers"][name] = {"labels": labels, "state": "running", "env": env, "argv": args, "messages": []}
         self.save(state)
+        if self.jupyter_sockets and labels.get("metalab.user"):
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            path = os.path.join(self.jupyter_sockets, labels["metalab.user"], "jupyter.sock")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            server.bind(path)
+            server.listen(8)
+            self._servers[name] = server
         self._kill_point(state, "after-run")
         return Result(0, f"{abs(hash(name)):064x}\n", "")
 
     def _stop(self, state: Dict[str, Any], args: List[str]) -> Result:
         self._kill_point(state, "before-stop")
         name = args[-1]
+        self._close_server(name)
         if name in state["containers"]:
             state["containers"][name]["state"] = "exited"
             state.setdefault("stopped", []).append(name)
@@ -144,8 +159,14 @@ class SimulatedPodman:
         self._kill_point(state, "after-stop")
         return Result(0, name + "\n", "")
 
+    def _close_server(self, name: str) -> None:
+        server = self._servers.pop(name, None)
+        if server is not None:
+            server.close()
+
     def _rm(self, state: Dict[str, Any], args: List[str]) -> Result:
         name = args[-1]
+        self._close_server(name)
         if state["containers"].pop(name, None) is None and "--ignore" not in args:
             return Result(1, "", f"Error: no container with name or ID {name!r} found: no such container")
         return Result(0, name + "\n", "")
@@ -165,3 +186,21 @@ class SimulatedPodman:
             return Result(125, "", f"Error: container {name} is not running")
         container["messages"].append({"user": args[1], "argv": args[3:]})
         return Result(0, "", "")
+
+
+# Runs a metalab command line in a process of its own over the simulated podman (see that file).
+WITH_SIMULATED_PODMAN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "with_simulated_podman.py")
+
+
+def use_simulated_podman(sim: SimulatedPodman, monkeypatch: Any = None) -> None:
+    """Make every Lab created from now on in this process drive ``sim`` (the guard's and the broker's); with a
+    pytest ``monkeypatch``, only until the test ends."""
+    from metalab.host.guard import sessions
+
+    def make_engine(config):  # type: ignore[no-untyped-def]
+        return PodmanEngine(config.runtime, runner=sim)
+
+    if monkeypatch is None:
+        sessions.make_engine = make_engine
+    else:
+        monkeypatch.setattr(sessions, "make_engine", make_engine)

@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
-from metalab.guard.policy import KINDS, Policy, build_policy
+from metalab.host.guard.policy import KINDS, Policy, build_policy
 from metalab.rules import GUARD_CONFIG, USER_NAME
 
 DEFAULT_CONFIG = GUARD_CONFIG
@@ -97,7 +97,6 @@ class RuntimeConfig:
     env_dir: str = "/run/metalab/env"
     env: Dict[str, str] = field(default_factory=dict)
     gpus: List[int] = field(default_factory=list)
-    fake_state: Optional[str] = None  # engine "fake" only: the simulated podman's state file
 
 
 @dataclass(frozen=True)
@@ -115,7 +114,7 @@ class Config:
     lock_timeout: float = 30.0
     # How long a guard run waits for the lock (cron starts one a minute): it waits rather than skip.
     run_lock_wait: float = 45.0
-    drain_file: str = "/etc/metalab/drain"  # while it exists, no new runtimes start (metalab.guard.drain)
+    drain_file: str = "/etc/metalab/drain"  # while it exists, no new runtimes start (metalab.host.guard.drain)
 
 
 def _expect(cond: bool, message: str) -> None:
@@ -205,7 +204,7 @@ def _runtime(raw: Any) -> RuntimeConfig:
     raw = dict(raw or {})
     base = RuntimeConfig()
     engine = raw.get("engine", base.engine)
-    _expect(engine in ("podman", "fake"), f"runtime.engine: unknown engine {engine!r}; use podman")
+    _expect(engine == "podman", f"runtime.engine: unknown engine {engine!r}; use podman")
     network = raw.get("network", base.network)
     _check_network(network)
     command = raw.get("command", base.command)
@@ -253,8 +252,6 @@ def _runtime(raw: Any) -> RuntimeConfig:
         value = raw.get(key, getattr(base, key))
         _expect(isinstance(value, str) and os.path.isabs(value), f"runtime.{key}: expected an absolute path")
         paths[key] = value
-    fake_state = raw.get("fake_state")
-    _expect(engine != "fake" or isinstance(fake_state, str), "runtime.fake_state: required with engine fake")
     return RuntimeConfig(
         engine=engine,
         podman=str(raw.get("podman", base.podman)),
@@ -273,7 +270,6 @@ def _runtime(raw: Any) -> RuntimeConfig:
         token_env=str(token_env),
         env={str(k): str(v) for k, v in env.items()},
         gpus=sorted(gpus),
-        fake_state=fake_state,
         **paths,
     )
 

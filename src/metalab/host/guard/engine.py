@@ -1,7 +1,7 @@
 """Container engine: podman driven with argv lists (never a shell), behind a small interface.
 
 The runner is injectable: production uses ``subprocess_runner``; tests and benchmarks pass a simulated podman
-(``metalab.guard.simulated``) that interprets the same argv, so the argv built here is what the tests check.
+(``metalab.host.guard.simulated``) that interprets the same argv, so the argv built here is what the tests check.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from metalab.guard.config import RuntimeConfig
+from metalab.host.guard.config import RuntimeConfig
 
 CONTAINER_HOME = "/home/studio-lab-user"
 CONTAINER_SOCKDIR = "/run/lab"

@@ -8,25 +8,28 @@ enforcement only by the operations already under way (one per user through the b
 take the lock is recorded (``guard.last-skip`` beside the ledger, a counter in the ledger's meta) for ``labctl
 doctor`` and the metrics. Because a start holds the lock from its ledger insert to ``podman run`` returning, a guard
 run never mistakes a start in progress for a crash.
+
+This file is over 400 lines because Lab is one class on purpose: every operation that changes a runtime follows
+the same lock, ledger and engine order (ledger row first, podman second, ledger again), and keeping start, stop,
+reconcile and the guard run side by side keeps that crash-consistency reasoning in one place. The lock, the run
+report and the drain are modules of their own.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import os
-import stat
 import subprocess
 import time
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from metalab.guard import drain, files
-from metalab.guard.config import Config, User
-from metalab.guard.engine import ContainerInfo, ContainerSpec, EngineError, PodmanEngine, container_name
-from metalab.guard.ledger import Ledger, LedgerError, Runtime
-from metalab.guard.policy import (
+from metalab.host.guard import drain, files
+from metalab.host.guard.config import Config, User
+from metalab.host.guard.engine import ContainerInfo, ContainerSpec, EngineError, PodmanEngine, container_name
+from metalab.host.guard.ledger import Ledger, LedgerError, Runtime
+from metalab.host.guard.lock import GuardLock
+from metalab.host.guard.policy import (
     KINDS,
     WINDOW,
     Interval,
@@ -39,11 +42,10 @@ from metalab.guard.policy import (
     format_iso,
     start_decision,
 )
+from metalab.host.guard.report import NOTICE_DIR, NOTICE_FILE, Failure, Refused, RunReport
 
 log = logging.getLogger("metalab.guard")
 
-NOTICE_DIR = ".metalab"
-NOTICE_FILE = "session-notice.txt"
 # Touched (mtime = the run's clock) at the end of every guard run, beside the ledger: `labctl doctor` reads its age.
 LAST_RUN_FILE = "guard.last-run"
 # Touched when a guard run gave up waiting for the lock: `labctl doctor` compares it with the last run.
@@ -67,80 +69,8 @@ def _touch(path: str, now: float) -> None:
         log.warning("could not touch %s: %s", path, exc)
 
 
-class Refused(Exception):
-    """The request is refused (exit code 2); nothing was changed."""
-
-
-class Failure(Exception):
-    """The request failed (exit code 1)."""
-
-
-class GuardLock:
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd: Optional[int] = None
-
-    def acquire(self, wait: float, mode: int = fcntl.LOCK_EX) -> bool:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        if os.geteuid() == 0:
-            st = os.lstat(directory)
-            if st.st_uid != 0 or stat.S_IMODE(st.st_mode) & 0o022:  # anyone else could hold the lock file
-                raise Failure(f"the lock directory {directory} must be owned by root and writable by root only")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        deadline_at = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                self.fd = fd
-                return True
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                    os.close(fd)
-                    raise
-            if time.monotonic() >= deadline_at:
-                os.close(fd)
-                return False
-            time.sleep(0.05)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
 def make_engine(config: Config) -> PodmanEngine:
-    if config.runtime.engine == "fake":
-        from metalab.guard.simulated import SimulatedPodman  # test support, see its docstring
-
-        assert config.runtime.fake_state is not None
-        return PodmanEngine(config.runtime, runner=SimulatedPodman(config.runtime.fake_state))
     return PodmanEngine(config.runtime)
-
-
-@dataclass
-class RunReport:
-    skipped: bool = False
-    warned: List[str] = field(default_factory=list)
-    stopped: List[Tuple[str, str]] = field(default_factory=list)
-    crashed: List[str] = field(default_factory=list)
-    finished: List[str] = field(default_factory=list)
-    promoted: List[str] = field(default_factory=list)
-    orphans: List[str] = field(default_factory=list)
-    errors: List[str] = field(default_factory=list)
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {
-            "skipped": self.skipped,
-            "warned": self.warned,
-            "stopped": [{"user": u, "reason": r} for u, r in self.stopped],
-            "crashed": self.crashed,
-            "finished_stops": self.finished,
-            "recovered_starts": self.promoted,
-            "orphans_removed": self.orphans,
-            "errors": self.errors,
-        }
 
 
 class Lab:

@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from metalab.guard import files
-from metalab.guard.policy import format_clock, format_iso
+from metalab.host.guard import files
+from metalab.host.guard.policy import format_clock, format_iso
+from metalab.host.guard.report import NOTICE_DIR, NOTICE_FILE, RunReport
 
 if TYPE_CHECKING:  # pragma: no cover
-    from metalab.guard.sessions import Lab
+    from metalab.host.guard.sessions import Lab
 
 DEFAULT_DRAIN_FILE = "/etc/metalab/drain"
 DEFAULT_REASON = "a rolling update"
@@ -104,8 +105,6 @@ def drain(
     ones to end (the guard's own reconcile sees them go), and with ``stop`` stop those still running
     (graceful, end reason ``host-update``).
     """
-    from metalab.guard.sessions import NOTICE_DIR, NOTICE_FILE, RunReport  # here: sessions imports this module
-
     if not lab.lock.acquire(lab.config.lock_timeout):
         raise files.FileError(f"the guard lock {lab.config.lock} is held; try again in a minute")
     try:

@@ -14,12 +14,12 @@ import time
 from datetime import datetime, timezone
 from typing import Any, List, Optional, Sequence
 
-from metalab.guard import drain, files, logsetup, metrics
-from metalab.guard.config import CONFIG_ENV, Config, ConfigError, load_config
-from metalab.guard.engine import EngineError
-from metalab.guard.ledger import LedgerError
-from metalab.guard.policy import format_duration, format_iso, parse_duration
-from metalab.guard.sessions import Failure, Lab, Refused
+from metalab.host.guard import drain, files, logsetup, metrics
+from metalab.host.guard.config import CONFIG_ENV, Config, ConfigError, load_config
+from metalab.host.guard.engine import EngineError
+from metalab.host.guard.ledger import LedgerError
+from metalab.host.guard.policy import format_duration, format_iso, parse_duration
+from metalab.host.guard.sessions import Failure, Lab, Refused
 
 EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 2
 

@@ -8,7 +8,7 @@ import pwd
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
-from metalab.guard.policy import parse_duration
+from metalab.host.guard.policy import parse_duration
 from metalab.rules import USER_NAME
 
 DEFAULT_CONFIG = "/etc/metalab/broker.json"

@@ -2,7 +2,7 @@
 
 Who may connect is checked twice: by the socket's mode and group (``socket_mode``, ``socket_group``: only the portal
 account's group reaches it) and by the kernel's peer credentials (``SO_PEERCRED``) against ``clients``. Every
-request is then authorised by its ticket (metalab.broker.service).
+request is then authorised by its ticket (metalab.host.broker.service).
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ import struct
 import threading
 from typing import Any, Dict, Optional, Tuple
 
-from metalab.broker.config import BrokerConfig
-from metalab.broker.service import Broker
+from metalab.brokerapi.protocol import IO_TIMEOUT, read_message
+from metalab.host.broker.config import BrokerConfig
+from metalab.host.broker.service import Broker
 
 log = logging.getLogger("metalab.broker")
-
-MAX_REQUEST = 64 * 1024
-IO_TIMEOUT = 30.0
 
 
 def peer_credentials(sock: socket.socket) -> Tuple[int, int, int]:
@@ -32,22 +30,6 @@ def peer_credentials(sock: socket.socket) -> Tuple[int, int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return pid, uid, gid
-
-
-def read_message(sock: socket.socket) -> Any:
-    chunks = []
-    size = 0
-    while True:
-        chunk = sock.recv(8192)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_REQUEST:
-            raise ValueError(f"request larger than {MAX_REQUEST} bytes")
-        if chunk.endswith(b"\n"):
-            break
-    return json.loads(b"".join(chunks).decode("utf-8"))
 
 
 class _Handler(socketserver.BaseRequestHandler):

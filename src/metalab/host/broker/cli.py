@@ -13,12 +13,12 @@ import signal
 import sys
 from typing import Any, Optional, Sequence
 
-from metalab.broker.auth import AuthError, AuthStore, StoreError
-from metalab.broker.config import CONFIG_ENV, BrokerConfig, BrokerConfigError, load_config
-from metalab.guard import logsetup
-from metalab.guard.config import ConfigError
-from metalab.guard.config import load_config as load_guard_config
-from metalab.guard.policy import parse_duration
+from metalab.host.broker.auth import AuthError, AuthStore, StoreError
+from metalab.host.broker.config import CONFIG_ENV, BrokerConfig, BrokerConfigError, load_config
+from metalab.host.guard import logsetup
+from metalab.host.guard.config import ConfigError
+from metalab.host.guard.config import load_config as load_guard_config
+from metalab.host.guard.policy import parse_duration
 from metalab.rules import USER_NAME
 
 EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 2
@@ -80,7 +80,7 @@ def _read_password(from_stdin: bool) -> str:
 
 
 def serve(config: BrokerConfig) -> int:
-    from metalab.broker.server import BrokerServer
+    from metalab.host.broker.server import BrokerServer
 
     server = BrokerServer(config)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

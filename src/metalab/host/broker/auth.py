@@ -39,9 +39,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from metalab.broker.config import BrokerConfig, ScryptParams
-from metalab.guard.files import atomic_write
-from metalab.guard.policy import format_clock, format_duration
+from metalab.host.broker.config import BrokerConfig, ScryptParams
+from metalab.host.guard.files import atomic_write
+from metalab.host.guard.policy import format_clock, format_duration
 
 HASH_SCHEME = "$scrypt$"
 KEY_LEN = 32

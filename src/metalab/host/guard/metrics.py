@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List, Mapping, Optional
 
-from metalab.guard.files import atomic_write
-from metalab.guard.ledger import Ledger
-from metalab.guard.policy import KINDS, WINDOW, Interval, used_in_window
+from metalab.host.guard.files import atomic_write
+from metalab.host.guard.ledger import Ledger
+from metalab.host.guard.policy import KINDS, WINDOW, Interval, used_in_window
 
 
 def _label(value: object) -> str:

@@ -6,11 +6,11 @@ import json
 import socket
 from typing import Any
 
-from metalab.broker.server import read_message
+from metalab.brokerapi.protocol import read_message
 
 
 class BrokerError(Exception):
-    """The broker answered with an error (``code`` as in metalab.broker.service) or could not be reached."""
+    """The broker answered with an error (``code`` as in metalab.host.broker.service) or could not be reached."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
