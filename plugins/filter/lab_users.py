@@ -1,48 +1,53 @@
 # Copyright: metalab contributors
 # Apache-2.0
-"""The names of the present lab users, for the roles that serve them (front door, guard, portal)."""
+"""The resolved lab users' quotas against a homes volume (storage's preflight, before the play's first change)."""
 
 from __future__ import annotations
 
+from ansible.utils.display import Display
+from ansible_collections.metalab.lab.plugins.module_utils.rules import volume_problems
+
 DOCUMENTATION = r"""
-name: present_lab_users
-short_description: Names of the lab_users entries that are present
+name: lab_users_over_volume
+short_description: Lab users whose quota does not fit the homes volume
 description:
-  - The C(name) of every C(lab_users) entry whose C(state) is C(present), the default when it is not given.
-  - Entries without C(state) come first, then those that say C(state=present), each group in list order. This is
-    the order the roles rendered before the filter existed, so files listing the users (the front door's locations,
-    guard.json) keep their bytes on an upgrade.
-  - The entries are validated elsewhere (base's and storage's preflight); this only selects, and skips an entry
-    without a name.
+  - Checks the resolved lab users (C(lab_users_resolved)) against the size of the homes volume with the rule of
+    C(plugins/module_utils/rules.py) (C(volume_problems)).
+  - Returns one message per present user whose quota is larger than the volume (naming the user); an empty list
+    when every quota fits. Quotas that add up to more than the volume are only a warning (overcommitment is how
+    Studio Lab-style storage is usually sold), shown as an Ansible warning.
+positional: volume_size
 options:
   _input:
-    description: C(lab_users).
+    description: C(lab_users_resolved).
     type: list
     elements: dict
+    required: true
+  volume_size:
+    description: Size of the homes volume in bytes.
+    type: int
     required: true
 """
 
 EXAMPLES = r"""
-__frontdoor_users: "{{ lab_users | default([]) | metalab.lab.present_lab_users }}"
+errors: "{{ lab_users_resolved | metalab.lab.lab_users_over_volume(volume_bytes) }}"
 """
 
 RETURN = r"""
 _value:
-  description: The names of the present lab users.
+  description: The messages; empty when every quota fits.
   type: list
   elements: str
 """
 
 
-def present_lab_users(users):
-    # Entries without a name are skipped here: the lab_users validation names them (a run with --tags portal, say,
-    # reaches this before that validation).
-    named = [u for u in (users or []) if isinstance(u, dict) and isinstance(u.get("name"), str)]
-    implicit = [u["name"] for u in named if "state" not in u]
-    explicit = [u["name"] for u in named if "state" in u and u["state"] == "present"]
-    return implicit + explicit
+def lab_users_over_volume(resolved, volume_size):
+    errors, warnings = volume_problems(list(resolved or []), int(volume_size))
+    for warning in warnings:
+        Display().warning(warning)
+    return errors
 
 
 class FilterModule:
     def filters(self):
-        return {"present_lab_users": present_lab_users}
+        return {"lab_users_over_volume": lab_users_over_volume}

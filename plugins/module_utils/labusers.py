@@ -1,24 +1,16 @@
 # Copyright: metalab contributors
 # Apache-2.0
-"""Lab user validation, uid allocation and reconciliation planning (pure functions, stdlib only).
+"""Lab users on a host: uid allocation and reconciliation planning (pure functions, stdlib only).
 
-Importable without Ansible: ``labctl users add`` validates with the same code as the preflight task.
+The list itself is validated and resolved once, on the controller (rules.validate_users); these functions plan
+the host side for the resolved records.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
 
-from ansible_collections.metalab.lab.plugins.module_utils.rules import (  # noqa: F401 - the rules, re-exported
-    DEFAULT_HOMES_ROOT,
-    DEFAULT_QUOTA,
-    DEFAULT_USERS_PREFIX,
-    MAX_LOGIN_LEN,
-    RESERVED_NAMES,
-    USER_NAME,
-    invalid_message,
-    validate_users,
-)
+from ansible_collections.metalab.lab.plugins.module_utils.rules import USER_STATES
 
 DEFAULT_UID_BASE = 20000
 DEFAULT_UID_COUNT = 10000
@@ -42,32 +34,18 @@ PRIVILEGED_GROUPS = (
 )
 
 
-# The lab_users module's options that validation reads (validate_params), with their types and defaults: the
-# module's argument_spec includes them, its action plugin validates them on the controller.
-VALIDATION_SPEC: Dict[str, Dict[str, Any]] = {
-    "users": {"type": "list", "elements": "raw", "required": True},
-    "prefix": {"type": "str", "default": DEFAULT_USERS_PREFIX},
-    "default_quota": {"type": "str", "default": DEFAULT_QUOTA},
-    "volume_size": {"type": "int", "default": 0},
-    "uid_base": {"type": "int", "default": DEFAULT_UID_BASE},
-    "uid_count": {"type": "int", "default": DEFAULT_UID_COUNT},
-    "validate_only": {"type": "bool", "default": False},
+# One resolved lab user (metalab.lab.resolve_lab_users, rules.validate_users), as the lab_users module takes it.
+RESOLVED_USER_SPEC: Dict[str, Dict[str, Any]] = {
+    "name": {"type": "str", "required": True},
+    "login": {"type": "str", "required": True},
+    "home": {"type": "path", "required": True},
+    "quota": {"type": "raw"},
+    "quota_bytes": {"type": "int"},
+    "gpu": {"type": "bool", "default": False},
+    "state": {"type": "str", "choices": list(USER_STATES), "default": "present"},
+    "uid": {"type": "int"},
+    "comment": {"type": "str", "default": ""},
 }
-
-
-def validate_params(p: Mapping[str, Any]) -> Dict[str, Any]:
-    """validate_users with the lab_users module's parameters (the module and its action plugin share it)."""
-    return validate_users(
-        p["users"],
-        default_quota=p["default_quota"],
-        prefix=p["prefix"],
-        volume_size=p["volume_size"] or None,
-    )
-
-
-def validated_result(checked: Dict[str, Any]) -> Dict[str, Any]:
-    """The result of a run that only validated (validate_only) or found nothing to do yet."""
-    return {"changed": False, "users": checked["users"], "archives": [], "warnings_list": checked["warnings"]}
 
 
 def parse_passwd(text: str) -> Dict[str, Dict[str, Any]]:
@@ -195,7 +173,7 @@ def plan_users(
     root = homes_root.rstrip("/")
     for user in users:
         login = user["login"]
-        home = root + "/" + user["name"]
+        home = user.get("home") or root + "/" + user["name"]
         account = accounts.get(login)
         uid = uids.get(login, account["uid"] if account else None)
         home_state = homes.get(login) or {}

@@ -8,12 +8,14 @@ DOCUMENTATION = r"""
 module: lab_users
 short_description: Reconcile all lab users (host accounts, homes, disk quotas) in one call
 description:
-  - Validates the whole list first (names, duplicates, quotas, keys) and changes nothing when any entry is wrong.
+  - Takes the lab users as resolved on the controller (the fact C(lab_users_resolved) that
+    M(metalab.lab.resolve_lab_users) sets after validating the whole list): it does not validate or derive them
+    again.
   - Reads the host once (C(getent passwd), C(getent group), the quota report), plans additions, changes and
     removals, and acts only outside check mode.
-  - Each present user gets the host account O(prefix)+name with a stable uid (the entry's C(uid), else the one
+  - Each present user gets the host account C(login) with a stable uid (the entry's C(uid), else the one
     recorded in O(registry), else the lowest free id from O(uid_base)), a primary group with the same id,
-    O(shell), no privileged supplementary group, a home C(<homes_root>/<name>) with mode 0700, and a hard disk
+    O(shell), no privileged supplementary group, the home C(home) with mode 0700, and a hard disk
     quota (XFS via C(xfs_quota), ext4 via C(setquota)).
   - An absent user's home is archived first (C(tar.gz) by GNU tar with C(--sparse), so sparse files stay small,
     plus C(.sha256) under O(archive_dir), verified by reading it back), then the quota, account, group and home
@@ -22,22 +24,24 @@ version_added: 0.1.0
 author: metalab contributors
 options:
   users:
-    description: The C(lab_users) list (name, quota, gpu, state, uid, comment).
+    description: The resolved lab users (C(lab_users_resolved)).
     type: list
-    elements: raw
+    elements: dict
     required: true
-  prefix:
-    description: Prefix of host account names.
-    type: str
-    default: lab-
+    suboptions:
+      name: {description: Lab user name., type: str, required: true}
+      login: {description: Host account., type: str, required: true}
+      home: {description: Home directory (under O(homes_root))., type: path, required: true}
+      quota: {description: Quota as written in the inventory., type: raw}
+      quota_bytes: {description: Hard quota in bytes (null = none)., type: int}
+      gpu: {description: Whether the user may start GPU runtimes., type: bool, default: false}
+      state: {description: present or absent., type: str, choices: [present, absent], default: present}
+      uid: {description: Fixed uid (null = allocated)., type: int}
+      comment: {description: GECOS comment., type: str, default: ""}
   homes_root:
-    description: Directory holding the homes.
+    description: Directory holding the homes; nothing outside it is ever removed.
     type: path
     default: /srv/metalab/homes
-  default_quota:
-    description: Quota of entries without C(quota) (binary units, 15G = 15 GiB).
-    type: str
-    default: 15G
   quota_backend:
     description: How quotas are set; C(none) when they are unavailable (reported per user).
     type: str
@@ -46,10 +50,6 @@ options:
   quota_mount:
     description: Mount point the quotas apply to; defaults to O(homes_root).
     type: path
-  volume_size:
-    description: Size of the homes volume in bytes, to check quotas against (0 = unknown).
-    type: int
-    default: 0
   uid_base:
     description: First uid (and gid) allocated to lab users.
     type: int
@@ -80,10 +80,6 @@ options:
     description: Groups a lab account is removed from when found in them.
     type: list
     elements: str
-  validate_only:
-    description: Only validate O(users) and return the normalised list; read and change nothing.
-    type: bool
-    default: false
 attributes:
   check_mode:
     support: full
@@ -94,7 +90,7 @@ attributes:
 EXAMPLES = r"""
 - name: Lab users
   metalab.lab.lab_users:
-    users: "{{ lab_users }}"
+    users: "{{ lab_users_resolved }}"
     homes_root: /srv/metalab/homes
     quota_backend: xfs
 """
@@ -111,11 +107,6 @@ archives:
   returned: always
   type: list
   elements: dict
-warnings_list:
-  description: Validation warnings (e.g. overcommitted volume); also emitted as Ansible warnings.
-  returned: always
-  type: list
-  elements: str
 """
 
 import datetime  # noqa: E402
@@ -128,14 +119,11 @@ import stat  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible_collections.metalab.lab.plugins.module_utils.labusers import (  # noqa: E402
     PRIVILEGED_GROUPS,
-    VALIDATION_SPEC,
+    RESOLVED_USER_SPEC,
     allocate_uids,
-    invalid_message,
     parse_group,
     parse_passwd,
     plan_users,
-    validate_params,
-    validated_result,
 )
 from ansible_collections.metalab.lab.plugins.module_utils.quota import (  # noqa: E402
     parse_repquota,
@@ -309,15 +297,8 @@ class LabUsers:
 
     def apply(self):
         p = self.p
-        checked = validate_params(p)
-        for warning in checked["warnings"]:
-            self.module.warn(warning)
-        if checked["errors"]:
-            self.module.fail_json(msg=invalid_message(checked["errors"]), errors=checked["errors"])
-        users = checked["users"]
-        base = validated_result(checked)
-        if p["validate_only"]:
-            self.module.exit_json(**base)
+        users = p["users"]
+        base = {"changed": False, "users": users, "archives": []}
 
         accounts = parse_passwd(self.run(["getent", "passwd"])[1])
         groups = parse_group(self.run(["getent", "group"])[1])
@@ -406,7 +387,9 @@ class LabUsers:
 def main():
     module = AnsibleModule(
         argument_spec={
-            **VALIDATION_SPEC,
+            "users": {"type": "list", "elements": "dict", "required": True, "options": RESOLVED_USER_SPEC},
+            "uid_base": {"type": "int", "default": 20000},
+            "uid_count": {"type": "int", "default": 10000},
             "homes_root": {"type": "path", "default": "/srv/metalab/homes"},
             "quota_backend": {"type": "str", "choices": ["xfs", "ext4", "none"], "default": "none"},
             "quota_mount": {"type": "path"},

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 # ---------------------------------------------------------------------------------------------------------------
 # Lab-wide defaults (the roles' defaults and the guard's fallbacks say the same; tests/unit/rules checks it).
@@ -371,8 +371,9 @@ def validate_users(
 ) -> Dict[str, Any]:
     """Check the lab_users list; return {"users": [normalised], "errors": [...], "warnings": [...]}.
 
-    Normalised entry: name, login (prefix + name), home (homes_root/login), quota (the text), quota_bytes, gpu,
+    Normalised entry: name, login (prefix + name), home (homes_root/name), quota (the text), quota_bytes, gpu,
     state, uid (or None), comment. Nothing is changed anywhere; the caller fails when errors is not empty.
+    With ``volume_size``, the quotas are also checked against the homes volume (volume_problems).
     """
     errors: List[str] = []
     warnings: List[str] = []
@@ -435,10 +436,6 @@ def validate_users(
                 quota_bytes = parse_size(quota_text)
             except SizeError as exc:
                 problems.append("invalid quota: " + str(exc))
-        if quota_bytes is not None and volume_size and quota_bytes > volume_size and state == "present":
-            problems.append(
-                "quota " + str(quota_text) + " is larger than the homes volume (" + human_size(volume_size) + ")"
-            )
         comment = entry.get("comment", "")
         if comment is None:
             comment = ""
@@ -452,12 +449,11 @@ def validate_users(
             seen_uids[uid] = index
         if problems:
             continue
-        login = prefix + str(name)
         users.append(
             {
                 "name": name,
-                "login": login,
-                "home": homes_root.rstrip("/") + "/" + login,
+                "login": prefix + str(name),
+                "home": homes_root.rstrip("/") + "/" + str(name),
                 "quota": quota_text,
                 "quota_bytes": quota_bytes,
                 "gpu": gpu,
@@ -467,19 +463,42 @@ def validate_users(
             }
         )
     if volume_size:
-        total = sum(u["quota_bytes"] or 0 for u in users if u["state"] == "present")
-        if total > volume_size:
-            warnings.append(
-                "the quotas of present lab users add up to "
-                + human_size(total)
-                + ", more than the homes volume ("
-                + human_size(volume_size)
-                + "): the volume is overcommitted"
-            )
+        too_large, overcommitted = volume_problems(users, volume_size)
+        errors.extend(too_large)
+        warnings.extend(overcommitted)
     return {"users": users, "errors": errors, "warnings": warnings}
 
 
-def present_users(resolved: List[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
+def volume_problems(resolved: Sequence[Mapping[str, Any]], volume_size: int) -> tuple:
+    """(errors, warnings) of resolved lab users' quotas against a homes volume of ``volume_size`` bytes: a quota
+    larger than the volume is an error (naming the user), quotas that add up to more are a warning."""
+    errors: List[str] = []
+    present = [u for u in resolved if u["state"] == "present"]
+    for user in present:
+        if user["quota_bytes"] is not None and user["quota_bytes"] > volume_size:
+            errors.append(
+                "lab_users entry "
+                + repr(user["name"])
+                + ": quota "
+                + str(user["quota"])
+                + " is larger than the homes volume ("
+                + human_size(volume_size)
+                + ")"
+            )
+    total = sum(u["quota_bytes"] or 0 for u in present)
+    warnings = []
+    if total > volume_size:
+        warnings.append(
+            "the quotas of present lab users add up to "
+            + human_size(total)
+            + ", more than the homes volume ("
+            + human_size(volume_size)
+            + "): the volume is overcommitted"
+        )
+    return errors, warnings
+
+
+def present_users(resolved: Sequence[Mapping[str, Any]]) -> List[Mapping[str, Any]]:
     """The present entries of a resolved list, in list order."""
     return [u for u in resolved if u["state"] == "present"]
 

@@ -13,6 +13,8 @@ import pytest
 from ansible.module_utils import basic
 from ansible_collections.metalab.lab.plugins.modules import lab_users
 
+from metalab.rules import validate_users
+
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nadmin:x:1000:1000::/home/admin:/bin/bash\n"
 GROUP = "root:x:0:\nsudo:x:27:admin\nadmin:x:1000:\n"
 
@@ -80,8 +82,11 @@ def env(tmp_path, monkeypatch, run_module):
     monkeypatch.setattr(lab_users, "home_state", _home_state_as_owner)
 
     def call(users, check=False, diff=True, **extra):
+        """Run the module with ``users`` resolved the way the play resolves them (resolve_lab_users)."""
+        resolved = validate_users(users, homes_root=str(homes))
+        assert resolved["errors"] == []
         args = {
-            "users": users,
+            "users": resolved["users"],
             "homes_root": str(homes),
             "archive_dir": str(archive),
             "registry": str(registry),
@@ -200,20 +205,14 @@ def test_quota_change(env):
     ]
 
 
-def test_invalid_entry_fails_before_any_command(env):
-    result = env([{"name": "alice"}, {"name": "x"}, {"name": "Bob"}, {"name": "c", "quota": "15GG"}])
-    assert result.failed
-    assert "lab_users[2] (name 'Bob'): invalid name" in result.result["msg"]
-    assert "lab_users[3] (name 'c'): invalid quota" in result.result["msg"]
-    assert env.host.calls == []
-
-
-def test_validate_only_reads_nothing(env):
-    result = env(
-        [{"name": "a", "quota": "600G"}, {"name": "b", "quota": "600G"}], validate_only=True, volume_size=1024**4
+def test_a_record_that_was_not_resolved_fails_before_any_command(env, run_module):
+    """The module takes resolved records only: a raw lab_users entry (no login, no home) is refused by its spec."""
+    result = run_module(
+        lab_users.main,
+        {"users": [{"name": "alice", "quota": "1G"}], "homes_root": str(env.homes), "registry": str(env.registry)},
     )
-    assert result.result["changed"] is False
-    assert "overcommitted" in result.result["warnings_list"][0]
+    assert result.failed
+    assert "login" in result.result["msg"] and "home" in result.result["msg"]
     assert env.host.calls == []
 
 

@@ -7,8 +7,9 @@ from ansible_collections.metalab.lab.plugins.module_utils.labusers import (
     parse_group,
     parse_passwd,
     plan_users,
-    validate_users,
 )
+
+from metalab.rules import validate_users
 
 PASSWD = """root:x:0:0:root:/root:/bin/bash
 admin:x:1000:1000:Admin:/home/admin:/bin/bash

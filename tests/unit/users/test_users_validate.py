@@ -22,7 +22,7 @@ def test_valid_list_normalised():
     assert alice == {
         "name": "alice",
         "login": "lab-alice",
-        "home": "/srv/metalab/homes/lab-alice",
+        "home": "/srv/metalab/homes/alice",
         "quota": "15G",
         "quota_bytes": 15 * GiB,
         "gpu": True,
@@ -68,7 +68,7 @@ def test_not_a_list():
 
 def test_quota_larger_than_volume_is_an_error_sum_is_a_warning():
     too_big = validate_users([{"name": "a", "quota": "2T"}], volume_size=1024**4)
-    assert "lab_users[0] (name 'a'): quota 2T is larger than the homes volume (1T)" in too_big["errors"]
+    assert "lab_users entry 'a': quota 2T is larger than the homes volume (1T)" in too_big["errors"]
     over = validate_users([{"name": "a", "quota": "600G"}, {"name": "b", "quota": "600G"}], volume_size=1024**4)
     assert over["errors"] == []
     assert "overcommitted" in over["warnings"][0]
