@@ -1,159 +1,69 @@
-"""Every inventory shipped in the repository passes every role's argument spec, checked the way Ansible checks it
-when a role starts (ansible's validate_argument_spec action: the spec's variables taken from the host's variables,
-templated, then ArgumentSpecValidator). A spec that would refuse a shipped inventory fails here, not in a converge.
-"""
+"""Every inventory shipped in the repository passes every role's argument spec, checked as Ansible checks it when
+a role starts (spec_check.py). A spec that would refuse a shipped inventory fails here, not in a converge."""
 
 from __future__ import annotations
 
-from functools import cache
+import json
+import subprocess
+import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
-import yaml
-from ansible.inventory.manager import InventoryManager
-from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
-from ansible.parsing.dataloader import DataLoader
-from ansible.plugins.loader import init_plugin_loader
-from ansible.template import Templar, trust_as_template
-from ansible.utils.vars import combine_vars
-from ansible.vars.manager import VariableManager
 
-ROOT = Path(__file__).resolve().parents[3]
-
-# Lookups and filters in inventories and defaults (fileglob, metalab.lab.*) as in a playbook run.
-init_plugin_loader([str(ROOT / "collections")])
-# Play order (playbooks/site.yml): all roles' defaults are visible to the play, a role's own win at its start.
-ROLES = sorted(p.parents[1].name for p in ROOT.glob("roles/*/meta/argument_specs.yml"))
-# What the first facts of a Debian 12 host look like to the roles' defaults and vars.
-FACTS = {
-    "ansible_host": "10.0.0.2",
-    "inventory_hostname": "lab1",
-    "ansible_managed": "managed by metalab",
-    "ansible_facts": {"distribution": "Debian", "distribution_major_version": "12", "os_family": "Debian"},
+HERE = Path(__file__).resolve().parent
+# Settings a role must refuse when it starts, and the words of the refusal.
+WRONG = {
+    "limits not a mapping": ({"lab_session_limits": "12h"}, "session_limits main: dictionary requested"),
+    "limits of an unknown kind": ({"lab_session_limits": {"cpus": "12h"}}, "lab_session_limits.cpus"),
+    "pids not a number": ({"lab_runtime_resources": {"cpu": {"pids": "many"}}}, "pids"),
+    "a misspelt user key": ({"lab_users": [{"name": "alice", "quotas": "1G"}]}, "lab_users.quotas"),
+    "an unknown filesystem": ({"lab_homes_fstype": "btrfs"}, "lab_homes_fstype must be one of: xfs, ext4"),
+    "reboot not a boolean": ({"lab_reboot_ok": "later"}, "lab_reboot_ok"),
 }
 
 
-def trusted(value: Any) -> Any:
-    """Inventory text is templated by Ansible (it is trusted): mark plain-loaded strings the same way."""
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, list):
-        return [trusted(v) for v in value]
-    if isinstance(value, dict):
-        return {k: trusted(v) for k, v in value.items()}
-    return value
+@pytest.fixture(scope="module")
+def checked():
+    cases = {label: variables for label, (variables, _) in WRONG.items()}
+    cases["nothing set"] = {}
+    done = subprocess.run(
+        [sys.executable, str(HERE / "spec_check.py")],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
 
 
-def ansible_inventories() -> Iterator[Tuple[str, Dict[str, Any]]]:
-    """(label, variables) per host of every inventory file under inventory/ (its 'all' vars when it has no host)."""
-    loader = DataLoader()
-    for path in sorted(ROOT.glob("inventory/**/*.yml")):
-        if {"group_vars", "host_vars"} & set(path.relative_to(ROOT).parts):
-            continue
-        inventory = InventoryManager(loader=loader, sources=[str(path)])
-        manager = VariableManager(loader=loader, inventory=inventory)
-        label = str(path.relative_to(ROOT))
-        hosts = inventory.get_hosts()
-        if not hosts:
-            yield label, dict(inventory.groups["all"].get_vars())
-        for host in hosts:
-            variables = dict(manager.get_vars(host=host, include_hostvars=False))
-            variables.pop("ansible_facts", None)  # the (empty) fact cache: facts come from FACTS
-            yield f"{label} {host.name}", variables
+def test_shipped_inventories_pass_every_role_spec(checked):
+    refused = {label: errors for label, errors in checked["inventories"].items() if errors}
+    assert refused == {}, f"a role would refuse these inventories when it starts: {refused}"
 
 
-def molecule_inventories() -> Iterator[Tuple[str, Dict[str, Any]]]:
-    """(label, variables) per group and host of every scenario, on top of the shared base (.config/molecule)."""
-
-    def read(path: Path) -> Dict[str, Any]:
-        # molecule substitutes $$ with $ (its environment-variable syntax) before Ansible sees the file.
-        return yaml.safe_load(path.read_text().replace("$$", "$")) or {}
-
-    base = ((read(ROOT / ".config" / "molecule" / "config.yml").get("provisioner") or {}).get("inventory")) or {}
-    for path in sorted(ROOT.glob("molecule/*/molecule.yml")):
-        scenario = ((read(path).get("provisioner") or {}).get("inventory")) or {}
-        group_vars: Dict[str, Dict[str, Any]] = {}
-        for layer in (base, scenario):
-            for group, variables in (layer.get("group_vars") or {}).items():
-                group_vars[group] = combine_vars(group_vars.get(group, {}), variables or {})
-        every = group_vars.get("all", {})
-        label = str(path.relative_to(ROOT))
-        yield f"{label} all", every
-        for group, variables in group_vars.items():
-            if group != "all":
-                yield f"{label} group {group}", combine_vars(every, variables)
-        for host, variables in ((scenario.get("host_vars") or {}) | (base.get("host_vars") or {})).items():
-            yield f"{label} host {host}", combine_vars(every, variables or {})
+def test_every_shipped_inventory_is_checked(checked):
+    labels = set(checked["inventories"])
+    assert {"inventory/example/hosts.yml lab1.example.org", "inventory/example/hosts.yml gpu1.example.org"} <= labels
+    assert {
+        "inventory/sandbox/demo.yml",
+        "molecule/default/molecule.yml all",
+        "molecule/metal/molecule.yml all",
+    } <= labels
+    # The shared molecule base reaches every scenario, templated as Ansible would (a list of CA files).
+    default = checked["variables"]["molecule/default/molecule.yml all"]
+    assert isinstance(default["lab_extra_ca_certificates"], list)
+    assert default["lab_users"][2] == {"name": "carol", "quota": "1G", "state": "absent"}
 
 
-def inventories() -> List[Tuple[str, Dict[str, Any]]]:
-    return [*ansible_inventories(), *molecule_inventories()]
-
-
-@cache
-def role_files(role: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    loader = DataLoader()
-    out = []
-    for part in ("defaults", "vars"):
-        path = ROOT / "roles" / role / part / "main.yml"
-        out.append(loader.load_from_file(str(path), trusted_as_template=True) or {} if path.is_file() else {})
-    return out[0], out[1]
-
-
-def role_start_errors(role: str, inventory_vars: Dict[str, Any]) -> List[str]:
-    """The messages Ansible would fail the role's start (every entry point) with, for these inventory variables."""
-    specs = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())["argument_specs"]
-    every_default: Dict[str, Any] = {}
-    for other in ROLES:
-        every_default = combine_vars(every_default, role_files(other)[0])
-    defaults, role_vars = role_files(role)
-    # Precedence: role defaults < inventory < role vars (vars/main.yml).
-    variables = combine_vars(combine_vars(combine_vars(every_default, defaults), trusted(inventory_vars)), role_vars)
-    variables = combine_vars(trusted(FACTS), variables)
-    templar = Templar(loader=DataLoader(), variables=variables)
-    errors = []
-    for entry, spec in specs.items():
-        options = spec.get("options") or {}
-        provided = templar.template({name: variables[name] for name in options if name in variables})
-        result = ArgumentSpecValidator(options).validate(provided, validate_role_argument_spec=True)
-        errors += [f"{role} {entry}: {message}" for message in result.error_messages]
-    return errors
-
-
-@pytest.mark.parametrize(("label", "inventory_vars"), inventories(), ids=lambda v: v if isinstance(v, str) else "")
-def test_shipped_inventory_passes_every_role_spec(label, inventory_vars):
-    errors = [e for role in ROLES for e in role_start_errors(role, inventory_vars)]
-    assert errors == [], f"{label}: a role would refuse this inventory when it starts: {errors}"
-
-
-def test_the_shipped_inventories_are_all_seen():
-    labels = [label for label, _ in inventories()]
-    assert any(label.startswith("inventory/example/hosts.yml gpu1") for label in labels)
-    assert "inventory/sandbox/demo.yml" in labels
-    assert {"molecule/default/molecule.yml all", "molecule/metal/molecule.yml all"} <= set(labels)
-    # The shared base's variables reach every scenario (templated like Ansible would: a list of CA files).
-    default = dict(inventories())["molecule/default/molecule.yml all"]
-    assert "lab_extra_ca_certificates" in default and default["lab_users"][2]["state"] == "absent"
-
-
-@pytest.mark.parametrize(
-    ("variables", "message"),
-    [
-        ({"lab_session_limits": "12h"}, "session_limits main: dictionary requested"),
-        ({"lab_session_limits": {"cpus": "12h"}}, "lab_session_limits.cpus"),
-        ({"lab_runtime_resources": {"cpu": {"pids": "many"}}}, "pids"),
-        ({"lab_users": [{"name": "alice", "quotas": "1G"}]}, "lab_users.quotas"),
-        ({"lab_homes_fstype": "btrfs"}, "lab_homes_fstype must be one of: xfs, ext4"),
-        ({"lab_reboot_ok": "later"}, "lab_reboot_ok"),
-    ],
-)
-def test_a_wrong_setting_is_refused_by_the_spec(variables, message):
-    errors = [e for role in ROLES for e in role_start_errors(role, variables)]
+@pytest.mark.parametrize("label", sorted(WRONG))
+def test_a_wrong_setting_is_refused_by_the_spec(checked, label):
+    message = WRONG[label][1]
+    errors = checked["cases"][label]
     assert any(message in e for e in errors), errors
 
 
-def test_computed_defaults_pass_their_own_spec():
-    """Role defaults computed from facts and other roles (session_limits_gpus, lab_users_quota_backend, ...) are
+def test_computed_defaults_pass_their_own_spec(checked):
+    """Defaults computed from facts and other roles (session_limits_gpus, lab_users_quota_backend, ...) are
     validated too: a host with nothing set passes."""
-    assert [e for role in ROLES for e in role_start_errors(role, {})] == []
+    assert checked["cases"]["nothing set"] == []
