@@ -161,8 +161,12 @@ def render_role(role: str, specs: Dict[str, Any], defaults: Dict[str, Any]) -> s
     main = specs.get("main") or {}
     if main.get("short_description"):
         lines += [prose(main["short_description"])[0], ""]
-    lines += [f"Variables of `metalab.lab.{role}`, as `{source}` declares them (Ansible checks them when the role"]
-    lines += ["starts). Defaults come from the spec, or from `defaults/main.yml` where it computes them.", ""]
+    lines += [
+        f"The variables of `metalab.lab.{role}` as its argument spec declares them; Ansible checks them when the role",
+        "starts. A default the spec does not state is the role's `defaults/main.yml` (computed: the expression).",
+        "All roles: [the index](README.md).",
+        "",
+    ]
     rendered: List[Tuple[str, Dict[str, Any]]] = []
     for entry, spec in specs.items():
         spec = spec or {}
