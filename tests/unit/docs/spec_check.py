@@ -89,8 +89,12 @@ def molecule_inventories() -> Iterator[Tuple[str, Dict[str, Any]]]:
         for group, variables in group_vars.items():
             if group != "all":
                 yield f"{label} group {group}", combine_vars(every, variables)
-        for host, variables in ((scenario.get("host_vars") or {}) | (base.get("host_vars") or {})).items():
-            yield f"{label} host {host}", combine_vars(every, variables or {})
+        host_vars: Dict[str, Dict[str, Any]] = {}
+        for layer in (base, scenario):
+            for host, variables in (layer.get("host_vars") or {}).items():
+                host_vars[host] = combine_vars(host_vars.get(host, {}), variables or {})
+        for host, variables in host_vars.items():
+            yield f"{label} host {host}", combine_vars(every, variables)
 
 
 def inventories() -> List[Tuple[str, Dict[str, Any]]]:
