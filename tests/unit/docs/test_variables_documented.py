@@ -47,8 +47,17 @@ def role_defaults(root: Path) -> Dict[str, Dict[str, object]]:
     return out
 
 
+def published(root: Path) -> Set[str]:
+    """lab_* names a role sets in its vars/ (published for the roles after it, e.g. lab_proxy_env): not settings."""
+    out: Set[str] = set()
+    for path in root.glob("roles/*/vars/*.yml"):
+        out |= {name for name in (yaml.safe_load(path.read_text()) or {}) if PUBLIC.fullmatch(name)}
+    return out
+
+
 def test_every_public_variable_read_is_documented(documented):
-    missing = {name: sorted(files) for name, files in read_public(ROOT).items() if name not in documented}
+    exempt = published(ROOT)
+    missing = {name: sorted(files) for name, files in read_public(ROOT).items() if name not in set(documented) | exempt}
     assert missing == {}, (
         "read by roles or playbooks but in no role's meta/argument_specs.yml (document it in the spec of the role "
         f"that reads it, then run tools/role_docs.py): {missing}"
