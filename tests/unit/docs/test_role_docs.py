@@ -16,8 +16,9 @@ def test_committed_role_docs_are_up_to_date(role_docs, root):
 
 
 @pytest.fixture
-def lab(tmp_path, root):
-    """A copy of the roles' specs and defaults, and of docs/roles/, to change without touching the checkout."""
+def lab(tmp_path, root, role_docs):
+    """A copy of the roles' specs and defaults, with the docs made from them, to change without touching the
+    checkout."""
     for path in root.glob("roles/*/*/main.yml"):
         if path.parent.name == "defaults":
             (tmp_path / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +26,7 @@ def lab(tmp_path, root):
     for path in root.glob("roles/*/meta/argument_specs.yml"):
         (tmp_path / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, tmp_path / path.relative_to(root))
-    shutil.copytree(root / "docs" / "roles", tmp_path / "docs" / "roles")
+    role_docs.write(tmp_path)
     return tmp_path
 
 
@@ -35,6 +36,7 @@ def run_tool(root, *args):
 
 
 def test_check_names_the_page_of_a_changed_spec(lab, root):
+    assert run_tool(root, "--check", "--root", str(lab)).returncode == 0
     spec = lab / "roles" / "storage" / "meta" / "argument_specs.yml"
     spec.write_text(spec.read_text().replace("default: metalab-home", "default: metalab-homes"))
     done = run_tool(root, "--check", "--root", str(lab))
@@ -47,17 +49,17 @@ def test_check_names_the_page_of_a_changed_spec(lab, root):
 
 
 def test_a_new_role_gets_a_page_and_an_index_entry(lab, root, role_docs):
-    (lab / "roles" / "common" / "meta").mkdir(parents=True)
-    (lab / "roles" / "common" / "defaults").mkdir()
-    (lab / "roles" / "common" / "defaults" / "main.yml").write_text("---\ncommon_platform_vars: {}\n")
-    (lab / "roles" / "common" / "meta" / "argument_specs.yml").write_text(
+    (lab / "roles" / "extra" / "meta").mkdir(parents=True)
+    (lab / "roles" / "extra" / "defaults").mkdir()
+    (lab / "roles" / "extra" / "defaults" / "main.yml").write_text("---\nextra_platform_vars: {}\n")
+    (lab / "roles" / "extra" / "meta" / "argument_specs.yml").write_text(
         textwrap.dedent("""\
             ---
             argument_specs:
               main:
                 short_description: Shared plumbing
                 options:
-                  common_platform_vars:
+                  extra_platform_vars:
                     type: dict
                     description: Per-platform variables, C(vars/<Distribution>_<major>.yml).
                   lab_proxy_env:
@@ -67,16 +69,16 @@ def test_a_new_role_gets_a_page_and_an_index_entry(lab, root, role_docs):
                       name: {type: str, required: true, description: Variable name.}
             """)
     )
-    assert role_docs.stale_files(lab) == ["docs/roles/README.md", "docs/roles/common.md"]
+    assert role_docs.stale_files(lab) == ["docs/roles/README.md", "docs/roles/extra.md"]
     role_docs.write(lab)
-    page = (lab / "docs" / "roles" / "common.md").read_text()
+    page = (lab / "docs" / "roles" / "extra.md").read_text()
     assert (
-        "| `common_platform_vars` | dict | `{}` | no | — | Per-platform variables, `vars/<Distribution>_<major>.yml`. |"
+        "| `extra_platform_vars` | dict | `{}` | no | — | Per-platform variables, `vars/<Distribution>_<major>.yml`. |"
         in page
     )
     assert "### `lab_proxy_env`: each element" in page
     assert "| `name` | str | — | yes | — | Variable name. |" in page
-    assert "| [common](common.md) | `main` | Shared plumbing |" in (lab / "docs" / "roles" / "README.md").read_text()
+    assert "| [extra](extra.md) | `main` | Shared plumbing |" in (lab / "docs" / "roles" / "README.md").read_text()
     # Deterministic: a second write changes nothing.
     assert role_docs.write(lab) == []
 
