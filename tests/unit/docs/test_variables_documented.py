@@ -55,8 +55,13 @@ def published(root: Path) -> Set[str]:
     return out
 
 
+def plugin_names(root: Path) -> Set[str]:
+    """Names of the collection's modules and plugins (metalab.lab.lab_session, "Run lab_session"): not variables."""
+    return {p.stem for p in root.glob("plugins/*/*.py")}
+
+
 def test_every_public_variable_read_is_documented(documented):
-    exempt = published(ROOT)
+    exempt = published(ROOT) | plugin_names(ROOT)
     missing = {name: sorted(files) for name, files in read_public(ROOT).items() if name not in set(documented) | exempt}
     assert missing == {}, (
         "read by roles or playbooks but in no role's meta/argument_specs.yml (document it in the spec of the role "
