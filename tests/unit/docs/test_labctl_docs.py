@@ -16,6 +16,7 @@ PAGES = sorted([ROOT / "README.md", *ROOT.glob("docs/*.md")])
 INLINE = re.compile(r"`(labctl [^`]*)`")
 BLOCK_LINE = re.compile(r"^\s*(?:\$ )?(labctl .*)$")
 WORD = re.compile(r"[a-z][a-z-]*")
+SHELL_END = re.compile(r"\s*(?:;|&&|\s\|\s|>)")
 
 
 def labctl() -> click.Group:
@@ -48,6 +49,7 @@ def shown(pages: List[Path]) -> Iterator[Tuple[str, str]]:
 def problems(group: click.Group, line: str) -> List[str]:
     """What in one documented command line labctl does not have (an unknown command, subcommand or option)."""
     ctx = click.Context(group)
+    line = SHELL_END.split(line)[0]  # what follows ; && | > is another command, or a file
     words = line.split()[1:]
     if not words or not WORD.fullmatch(words[0]):
         return []  # `labctl` alone, or `labctl --help`
@@ -98,6 +100,7 @@ def test_a_command_or_option_labctl_lacks_is_reported():
     assert problems(group, "labctl frobnicate") == ["no command 'frobnicate'"]
     assert problems(group, "labctl users --apply") == []
     assert problems(group, "labctl users --force") == ["no option --force for users"]
+    assert problems(group, "labctl sandbox inventory demo > inv.yml; ansible-playbook -i inv.yml x.yml") == []
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
