@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict, Set, Tuple
+from typing import Dict, Iterator, Set, Tuple
 
 import yaml
 
@@ -47,12 +47,35 @@ def role_defaults(root: Path) -> Dict[str, Dict[str, object]]:
     return out
 
 
+def _task_outputs(node: object) -> Iterator[str]:
+    """Names a task list sets: set_fact keys and register targets, blocks included."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _task_outputs(item)
+    elif isinstance(node, dict):
+        if isinstance(node.get("register"), str):
+            yield node["register"]
+        for key in ("ansible.builtin.set_fact", "set_fact"):
+            if isinstance(node.get(key), dict):
+                yield from node[key]
+        for key in ("block", "rescue", "always"):
+            yield from _task_outputs(node.get(key))
+
+
+PLUGIN_FACT = re.compile(r"""ansible_facts(?:\s*=\s*\{|["']\s*:\s*\{|\[)\s*["'](lab_[a-z0-9_]+)["']""")
+
+
 def published(root: Path) -> Set[str]:
-    """lab_* names a role sets in its vars/ (published for the roles after it, e.g. lab_proxy_env): not settings."""
+    """lab_* names the collection sets itself for the roles after it: not settings. A role's vars/ (e.g.
+    lab_proxy_env), a set_fact or register in its tasks, a fact a plugin returns (lab_users_resolved)."""
     out: Set[str] = set()
     for path in root.glob("roles/*/vars/*.yml"):
-        out |= {name for name in (yaml.safe_load(path.read_text()) or {}) if PUBLIC.fullmatch(name)}
-    return out
+        out |= set(yaml.safe_load(path.read_text()) or {})
+    for path in [*root.glob("roles/*/tasks/*.yml"), *root.glob("playbooks/**/*.yml")]:
+        out |= set(_task_outputs(yaml.safe_load(path.read_text())))
+    for path in root.glob("plugins/*/*.py"):
+        out |= set(PLUGIN_FACT.findall(path.read_text()))
+    return {name for name in out if PUBLIC.fullmatch(name)}
 
 
 def plugin_names(root: Path) -> Set[str]:
@@ -111,6 +134,17 @@ def test_a_variable_shared_by_roles_is_documented_alike(specs):
                 if first != shape:
                     differ.append(f"{name}: {first_role} says {first}, {role} says {shape}")
     assert differ == []
+
+
+def test_facts_the_collection_sets_are_not_settings(tmp_path):
+    (tmp_path / "roles" / "r" / "tasks").mkdir(parents=True)
+    (tmp_path / "roles" / "r" / "tasks" / "main.yml").write_text(
+        "- block:\n    - ansible.builtin.set_fact:\n        lab_a: 1\n  rescue:\n    - register: lab_b\n"
+    )
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "plugins" / "action").mkdir(parents=True)
+    (tmp_path / "plugins" / "action" / "x.py").write_text('result.update(ansible_facts={"lab_c": 1})\n')
+    assert published(tmp_path) == {"lab_a", "lab_b", "lab_c"}
 
 
 def test_the_scan_finds_reads_and_ignores_data_keys():
