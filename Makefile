@@ -67,9 +67,10 @@ forget-installed-collection:
 lint: venv forget-installed-collection
 	yamllint -s .
 	ansible-lint
-	ruff check src plugins tests benchmarks
-	ruff format --check src plugins tests benchmarks
+	ruff check src plugins tests benchmarks tools
+	ruff format --check src plugins tests benchmarks tools
 	mypy
+	python tools/role_docs.py --check
 
 unit: venv
 	pytest -q tests/unit
