@@ -11,8 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional
 
+from ansible_collections.metalab.lab.plugins.module_utils import rules
+
 CUDA_REPO_BASE_URL = "https://developer.download.nvidia.com/compute/cuda/repos"
 TOOLKIT_REPO_BASE_URL = "https://nvidia.github.io/libnvidia-container"
+
+# NVIDIA's name (the CUDA repository's distro path) of each platform metalab supports (rules.PLATFORMS, keyed
+# "<distribution>_<major version>"); tests/unit/gpu checks that every supported platform has one.
+NVIDIA_IDS = {"Ubuntu_22": "ubuntu2204", "Ubuntu_24": "ubuntu2404", "Debian_12": "debian12", "Amazon_2023": "amzn2023"}
 
 # distro path in the CUDA repository, package family, CUDA signing key file, supported CUDA repo architectures
 PLATFORMS: Dict[str, Dict[str, Any]] = {
@@ -49,24 +55,17 @@ class UnsupportedPlatform(ValueError):
 
 def platform_id(distribution: str, version: str, architecture: str) -> Dict[str, str]:
     """Map Ansible facts (ansible_distribution, ansible_distribution_version, ansible_architecture) to a platform."""
-    dist = distribution.strip().lower()
-    version = str(version).strip()
+    distribution, version = distribution.strip(), str(version).strip()
+    major = version.split(".")[0]
     arch = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "sbsa", "arm64": "sbsa"}.get(architecture.strip())
-    if dist == "amazon" and version.split(".")[0] == "2":
+    problem = rules.platform_problem(distribution, major, version)
+    if problem:
+        raise UnsupportedPlatform(problem)
+    ident = NVIDIA_IDS.get(f"{distribution}_{major}")
+    # NVIDIA publishes Ubuntu repositories for the LTS releases only (22.04, not 22.10).
+    if ident is None or (distribution == "Ubuntu" and version != f"{major}.04"):
         raise UnsupportedPlatform(
-            "Amazon Linux 2 is past its end of support and its Python is too old for current ansible-core: "
-            "metalab does not install NVIDIA software on it; move the host to Amazon Linux 2023"
-        )
-    if dist == "ubuntu" and version in ("22.04", "24.04"):
-        ident = "ubuntu" + version.replace(".", "")
-    elif dist == "debian" and version.split(".")[0] == "12":
-        ident = "debian12"
-    elif dist == "amazon" and version.split(".")[0] == "2023":
-        ident = "amzn2023"
-    else:
-        raise UnsupportedPlatform(
-            f"{distribution} {version} is not supported for NVIDIA GPUs; "
-            "supported: Ubuntu 22.04, Ubuntu 24.04, Debian 12, Amazon Linux 2023"
+            f"{distribution} {version} is not supported for NVIDIA GPUs; supported: {rules.PLATFORMS_HELP}"
         )
     if arch is None or arch not in PLATFORMS[ident]["arches"]:
         raise UnsupportedPlatform(
