@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from metalab import doctor
+from metalab.labctl import doctor
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Recorded from playbooks/doctor.yml on a bare Debian 12 host (nothing of metalab installed).

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from metalab import runner
+from metalab.labctl import runner
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from metalab import users
-from metalab.cli import cli
+from metalab.labctl import users
+from metalab.labctl.cli import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

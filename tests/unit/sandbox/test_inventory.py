@@ -5,8 +5,8 @@ import json
 import yaml
 from click.testing import CliRunner
 
-from metalab.cli import cli
-from metalab.sandbox import inventory, rootfs, state
+from metalab.labctl.cli import cli
+from metalab.labctl.sandbox import inventory, rootfs, state
 
 NSPAWN = {
     "name": "a",
@@ -110,7 +110,7 @@ def test_mirror_from_legacy_sources_list(tmp_path):
 def test_missing_mirror_is_a_clear_error(tmp_path):
     import pytest
 
-    from metalab.sandbox.errors import SandboxError
+    from metalab.labctl.sandbox.errors import SandboxError
 
     with pytest.raises(SandboxError, match="cannot find a Debian bookworm mirror"):
         rootfs.debian_mirror(tmp_path)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metalab import session
+from metalab.labctl import session
 
 
 def _event(kind: str, host: str, res: dict) -> dict:
@@ -89,7 +89,7 @@ def guard(tmp_path: Path) -> Path:
 def run_module(guard: Path, args: dict, check: bool = False) -> dict:
     import subprocess
 
-    from metalab import collection
+    from metalab.labctl import collection
 
     collection.ensure_importable()
     module = collection.root() / "plugins" / "modules" / "lab_session.py"

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from metalab import collection, config, output, runner
+from metalab.labctl import collection, config, output, runner
 
 HOSTS_FILES = ("hosts.yml", "hosts.yaml")
 TRUE = {"true", "yes", "y", "1", "on"}
@@ -309,7 +309,7 @@ APPLY_TAGS = "storage,lab_users,container_engine,runtime_image,frontdoor,session
 
 
 def _apply(inventory: Path, plain_output: bool) -> None:
-    from metalab import provision
+    from metalab.labctl import provision
 
     raise SystemExit(provision.run_and_report("site", inventory=str(inventory), tags=APPLY_TAGS, plain=plain_output))
 
@@ -413,7 +413,7 @@ def user_rows(users: Any) -> list[dict[str, Any]]:
 @output.output_options()
 def list_cmd(inventory: str | None, output: str | None) -> None:  # noqa: A002 - the option's name
     """List the inventory's lab users."""
-    from metalab import output as out
+    from metalab.labctl import output as out
 
     fmt = out.resolve_format(output)
     doc = locate(config.require_inventory(inventory))

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from metalab import collection
+from metalab.labctl import collection
 
 EXIT_OK = 0
 EXIT_ERROR = 1

@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from metalab import collection, config, output
+from metalab.labctl import collection, config, output
 
 OK, WARN, FAIL, NA = "ok", "warn", "fail", "n/a"
 CONTROLLER = "(controller)"
@@ -146,7 +146,7 @@ def read_inventory(inventory: str | None) -> tuple[dict[str, Any] | None, str]:
 
 def users_errors_from(data: Mapping[str, Any]) -> list[str]:
     """Validate each distinct lab_users list that hosts see (usually one, from group all)."""
-    from metalab import users
+    from metalab.labctl import users
 
     seen: set[str] = set()
     errors: list[str] = []
@@ -383,8 +383,8 @@ def cli(inventory: str | None, limit: str | None, controller_only: bool, output:
 
     Exit code 0 when nothing failed (warnings allowed), 2 when a check failed.
     """
-    from metalab import output as out
-    from metalab import runner
+    from metalab.labctl import output as out
+    from metalab.labctl import runner
 
     fmt = out.resolve_format(output)
     inv = config.inventory(inventory)

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from metalab import collection, config, output, runner
+from metalab.labctl import collection, config, output, runner
 
 MODULE = "metalab.lab.lab_session"
 EXIT_FAILED, EXIT_REFUSED = 1, 2
@@ -231,7 +231,7 @@ def token_cmd(user: str, host: str | None, inventory: str | None) -> None:
 @output.output_options()
 def list_cmd(host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002 - the option's name
     """Runtimes on every lab host: user, host, kind, started, time and budget left."""
-    from metalab import output as out
+    from metalab.labctl import output as out
 
     fmt = out.resolve_format(output)
     results = run_module({"state": "query"}, inventory=_inventory(inventory), hosts=host or "all")
@@ -278,7 +278,7 @@ def usage_rows(results: dict[str, HostResult]) -> list[dict[str, Any]]:
 @output.output_options()
 def usage(since: str | None, host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002
     """Hours of runtime per user and kind, from the ledgers of all hosts (one fan-out)."""
-    from metalab import output as out
+    from metalab.labctl import output as out
 
     fmt = out.resolve_format(output)
     args: dict[str, Any] = {"state": "usage"}

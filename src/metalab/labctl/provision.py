@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from metalab import config, runner
+from metalab.labctl import config, runner
 
 
 def run_and_report(
@@ -24,7 +24,7 @@ def run_and_report(
     plain: bool = False,
     mitogen: bool | None = None,
 ) -> int:
-    """Run ``playbook``, show progress and the summary; return the exit code (see metalab.runner).
+    """Run ``playbook``, show progress and the summary; return the exit code (see metalab.labctl.runner).
 
     ``mitogen``: run with Mitogen for Ansible; None = the labctl setting (METALAB_MITOGEN, config file; off).
     """

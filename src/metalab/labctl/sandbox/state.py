@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox.errors import SandboxError
 
 
 def state_root() -> Path:

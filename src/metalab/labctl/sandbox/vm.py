@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metalab.sandbox import rootfs, ssh, state
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox import rootfs, ssh, state
+from metalab.labctl.sandbox.errors import SandboxError
 
 MEMORY_MB = 2048
 
