@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from metalab.labctl import runner
+from metalab.labctl import display, runner
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 
@@ -111,12 +111,12 @@ def test_summary_rows() -> None:
 
 
 def test_plain_lines() -> None:
-    lines = [line for e in load("failed") if (line := runner.plain_line(e)) is not None]
+    lines = [line for e in load("failed") if (line := display.plain_line(e)) is not None]
     assert lines[0] == "PLAY One failure"
     assert "TASK probe : Read the root directory" in lines
     assert "  changed: lab-a" in lines
     assert "  failed: lab-b - this task fails on purpose" in lines
-    summary = runner.summary_lines(runner.replay(load("failed")))
+    summary = display.summary_lines(runner.replay(load("failed")))
     assert summary[0] == "SUMMARY"
     assert summary[2].startswith("  lab-b status=failed ok=2 changed=1 failed=1 unreachable=0 skipped=0")
 
@@ -124,15 +124,15 @@ def test_plain_lines() -> None:
 def test_tables_render() -> None:
     model = runner.replay(load("unreachable"))
     console = Console(file=io.StringIO(), width=120)
-    console.print(runner.progress_table(model, now=0))
-    console.print(runner.summary_table(model))
+    console.print(display.progress_table(model, now=0))
+    console.print(display.summary_table(model))
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "lab-gone" in text and "unreachable" in text and "Summary" in text
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59.6, "1m00s"), (61, "1m01s"), (3725, "1h02m")])
 def test_format_duration(seconds: float, text: str) -> None:
-    assert runner.format_duration(seconds) == text
+    assert display.format_duration(seconds) == text
 
 
 def test_unknown_playbook_is_refused() -> None:
