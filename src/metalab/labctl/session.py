@@ -100,6 +100,12 @@ def _find_host(user: str, inventory: str, host: str | None) -> str:
     raise click.UsageError(f"{user} has no runtime on any host; choose a host with --host")
 
 
+def _where_user_runs(user: str, state: str, inventory: str | None, host: str | None) -> HostResult:
+    """lab_session with ``state`` for USER on the host that runs USER's runtime (see _find_host)."""
+    inv = _inventory(inventory)
+    return _single(run_module({"user": user, "state": state}, inventory=inv, hosts=_find_host(user, inv, host)))
+
+
 INVENTORY_OPTION = click.option(
     "-i", "--inventory", metavar="INVENTORY", help="Inventory file or directory [env: METALAB_INVENTORY]."
 )
@@ -180,8 +186,7 @@ def start_cmd(user: str, gpu: bool, host: str | None, inventory: str | None) -> 
 @INVENTORY_OPTION
 def stop_cmd(user: str, host: str | None, inventory: str | None) -> None:
     """Stop USER's runtime gracefully (files in the home are never touched)."""
-    inv = _inventory(inventory)
-    target = _single(run_module({"user": user, "state": "stopped"}, inventory=inv, hosts=_find_host(user, inv, host)))
+    target = _where_user_runs(user, "stopped", inventory, host)
     if target.result.get("changed"):
         click.echo(f"stopped the runtime of {user} on {target.host}")
     else:
@@ -194,8 +199,7 @@ def stop_cmd(user: str, host: str | None, inventory: str | None) -> None:
 @INVENTORY_OPTION
 def token_cmd(user: str, host: str | None, inventory: str | None) -> None:
     """Print USER's JupyterLab token (kept root-only on the host)."""
-    inv = _inventory(inventory)
-    target = _single(run_module({"user": user, "state": "token"}, inventory=inv, hosts=_find_host(user, inv, host)))
+    target = _where_user_runs(user, "token", inventory, host)
     click.echo(target.result.get("token", ""))
 
 

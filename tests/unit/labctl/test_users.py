@@ -8,6 +8,7 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -205,3 +206,21 @@ def test_usage_errors(inventory: Path) -> None:
     assert code == 2 and "either NAME or --csv" in out
     code, out = labctl("users", "add", "--csv", str(FIXTURES / "roster.csv"), "--gpu", "-i", str(inventory))
     assert code == 2
+
+
+def test_broker_results_read_the_report_task_and_name_hosts_that_failed_before_it() -> None:
+    from metalab.labctl import runner, users
+
+    def event(kind: str, host: str, task: str, res: dict[str, Any]) -> dict[str, Any]:
+        return {"event": kind, "event_data": {"host": host, "task": task, "res": res}}
+
+    events = [
+        event("runner_on_ok", "a", users.REPORT_TASK, {"msg": {"rc": 0, "stdout": '{"url": "u"}', "stderr": ""}}),
+        event("runner_on_failed", "b", "One host only", {"msg": "2 hosts matched;\n choose one with --host"}),
+        event("runner_on_unreachable", "c", "Run metalab-broker", {"msg": "ssh: refused"}),
+    ]
+    results, errors = users.broker_results(
+        runner.replay(events, runner.ProgressModel(watch=frozenset({users.REPORT_TASK})))
+    )
+    assert results == {"a": users.BrokerResult("a", 0, '{"url": "u"}', "")}
+    assert errors == ["b: 2 hosts matched; choose one with --host", "c: ssh: refused"]
