@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -114,3 +115,18 @@ def test_missing_mirror_is_a_clear_error(tmp_path):
 
     with pytest.raises(SandboxError, match="cannot find a Debian bookworm mirror"):
         rootfs.debian_mirror(tmp_path)
+
+
+def test_a_sandbox_that_fails_to_come_up_is_taken_down_and_its_log_quoted(tmp_path):
+    from metalab.labctl.sandbox.errors import SandboxError
+
+    log = tmp_path / "console.log"
+    log.write_text("booting\nsshd: failed to start\n")
+    downs = []
+    expected = r"^no ssh; last lines of its output:\nbooting\nsshd: failed to start$"
+    with pytest.raises(SandboxError, match=expected), state.removed_on_failure("s1", log, downs.append):
+        raise SandboxError("no ssh")
+    # Anything else passes through unchanged, after the clean-up.
+    with pytest.raises(KeyboardInterrupt), state.removed_on_failure("s2", log, downs.append):
+        raise KeyboardInterrupt
+    assert downs == ["s1", "s2"]
