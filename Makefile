@@ -17,11 +17,11 @@ SCENARIOS ?= default metal
 DEMO_NAME ?= demo
 # MITOGEN=1: the sandbox, molecule and e2e targets run Ansible with Mitogen for Ansible's strategy (the optional
 # extra, installed in the venv). The variables are computed by the venv's python when the recipe runs (the venv
-# may not exist yet when make starts), with metalab.runner.mitogen_env, the helper labctl --mitogen uses.
+# may not exist yet when make starts), with metalab.labctl.runner.mitogen_env, the helper labctl --mitogen uses.
 MITOGEN ?=
 define MITOGEN_PY
 import shlex, sys
-from metalab import runner
+from metalab.labctl import runner
 try:
     env = runner.mitogen_env()
 except runner.MitogenNotInstalled as exc:

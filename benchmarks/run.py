@@ -327,10 +327,10 @@ def measure(f: Fleet, inventories: Sequence[Path], cases: List[Case], repeat: in
 
 
 def mitogen() -> Dict[str, str]:
-    """The environment of labctl's --mitogen (metalab.runner.mitogen_env); empty when the extra is missing."""
+    """The environment of labctl's --mitogen (metalab.labctl.runner.mitogen_env); empty when the extra is missing."""
     sys.path.insert(0, str(REPO / "src"))
     try:
-        from metalab.runner import MitogenNotInstalled, mitogen_env
+        from metalab.labctl.runner import MitogenNotInstalled, mitogen_env
     finally:
         sys.path.pop(0)
     try:

@@ -13,7 +13,7 @@ from typing import Mapping, Optional
 
 import pytest
 
-from metalab.sandbox.ssh import ssh_argv
+from metalab.labctl.sandbox.ssh import ssh_argv
 
 # The tools of the interpreter running the tests (the project venv), whatever PATH says.
 BIN = Path(sys.executable).parent

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import LABCTL, labctl, playbook, recap, ssh, up
 
-from metalab import runner
+from metalab.labctl import runner
 
 NAME = "mg1"
 TAGS = "base,storage,lab_users"

@@ -51,47 +51,41 @@ ROLE_TASKS = """\
     path: /
 """
 
-PLAYBOOKS: dict[str, str] = {
-    "ok": """\
-- name: Everything is fine
+# Every scenario is one play over all hosts that runs the role, then its own tasks.
+PLAY = """\
+- name: {name}
   hosts: all
   gather_facts: false
   roles:
     - probe
   tasks:
+"""
+SAY_HELLO = """\
     - name: Say hello
       ansible.builtin.debug:
         msg: hello
-""",
-    "changed": """\
-- name: One change
-  hosts: all
-  gather_facts: false
-  roles:
-    - probe
-  tasks:
+"""
+WRITE_SCRATCH = """\
     - name: Write a scratch file
       ansible.builtin.copy:
-        content: "{{ 99999999 | random }}\\n"
-        dest: "{{ scratch }}/changed.txt"
+        content: "{{{{ 99999999 | random }}}}\\n"
+        dest: "{{{{ scratch }}}}/{dest}"
         mode: "0600"
+"""
+
+PLAYBOOKS: dict[str, str] = {
+    "ok": PLAY.format(name="Everything is fine") + SAY_HELLO,
+    "changed": PLAY.format(name="One change")
+    + WRITE_SCRATCH.format(dest="changed.txt")
+    + """\
     - name: Skip this one
       ansible.builtin.debug:
         msg: never
       when: false
 """,
-    "failed": """\
-- name: One failure
-  hosts: all
-  gather_facts: false
-  roles:
-    - probe
-  tasks:
-    - name: Write a scratch file
-      ansible.builtin.copy:
-        content: "{{ 99999999 | random }}\\n"
-        dest: "{{ scratch }}/{{ inventory_hostname }}.txt"
-        mode: "0600"
+    "failed": PLAY.format(name="One failure")
+    + WRITE_SCRATCH.format(dest="{{ inventory_hostname }}.txt")
+    + """\
     - name: Fail on purpose
       ansible.builtin.fail:
         msg: this task fails on purpose
@@ -100,17 +94,7 @@ PLAYBOOKS: dict[str, str] = {
       ansible.builtin.debug:
         msg: still here
 """,
-    "unreachable": """\
-- name: One host is unreachable
-  hosts: all
-  gather_facts: false
-  roles:
-    - probe
-  tasks:
-    - name: Say hello
-      ansible.builtin.debug:
-        msg: hello
-""",
+    "unreachable": PLAY.format(name="One host is unreachable") + SAY_HELLO,
 }
 
 HOSTS: dict[str, list[str]] = {

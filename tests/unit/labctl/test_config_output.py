@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from metalab import config, output
-from metalab.cli import cli
+from metalab.labctl import config, output
+from metalab.labctl.cli import cli
 
 
 @pytest.fixture

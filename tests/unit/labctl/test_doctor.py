@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from metalab import doctor
+from metalab.labctl import doctor, runner
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # Recorded from playbooks/doctor.yml on a bare Debian 12 host (nothing of metalab installed).
@@ -105,12 +105,14 @@ def test_unreachable_and_missing_report() -> None:
     assert f.status == "fail" and "sudo" in f.detail
 
 
-def test_reports_from_events() -> None:
+def test_reports_from_the_report_task_only() -> None:
     events = [
         {"event": "runner_on_ok", "event_data": {"host": "a", "task": doctor.REPORT_TASK, "res": {"msg": BARE}}},
-        {"event": "runner_on_ok", "event_data": {"host": "b", "task": "Look for podman", "res": {}}},
+        {"event": "runner_on_ok", "event_data": {"host": "b", "task": "Look for podman", "res": {"msg": BARE}}},
+        {"event": "runner_on_failed", "event_data": {"host": "c", "task": doctor.REPORT_TASK, "res": {"msg": "x"}}},
     ]
-    assert doctor.reports_from_events(events) == {"a": BARE}
+    model = runner.replay(events, runner.ProgressModel(watch=frozenset({doctor.REPORT_TASK})))
+    assert doctor.reports_from(model) == {"a": BARE}
 
 
 def controller(**kw: Any) -> dict[str, str]:

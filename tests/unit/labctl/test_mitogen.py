@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from metalab import config, runner
-from metalab.cli import cli
+from metalab.labctl import config, runner
+from metalab.labctl.cli import cli
 
 
 def fake_mitogen(root: Path, *, strategy: bool = True) -> Path:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from metalab import runner
+from metalab.labctl import display, runner
 
 EVENTS = Path(__file__).parent / "fixtures" / "events"
 
@@ -111,12 +111,12 @@ def test_summary_rows() -> None:
 
 
 def test_plain_lines() -> None:
-    lines = [line for e in load("failed") if (line := runner.plain_line(e)) is not None]
+    lines = [line for e in load("failed") if (line := display.plain_line(e)) is not None]
     assert lines[0] == "PLAY One failure"
     assert "TASK probe : Read the root directory" in lines
     assert "  changed: lab-a" in lines
     assert "  failed: lab-b - this task fails on purpose" in lines
-    summary = runner.summary_lines(runner.replay(load("failed")))
+    summary = display.summary_lines(runner.replay(load("failed")))
     assert summary[0] == "SUMMARY"
     assert summary[2].startswith("  lab-b status=failed ok=2 changed=1 failed=1 unreachable=0 skipped=0")
 
@@ -124,15 +124,15 @@ def test_plain_lines() -> None:
 def test_tables_render() -> None:
     model = runner.replay(load("unreachable"))
     console = Console(file=io.StringIO(), width=120)
-    console.print(runner.progress_table(model, now=0))
-    console.print(runner.summary_table(model))
+    console.print(display.progress_table(model, now=0))
+    console.print(display.summary_table(model))
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "lab-gone" in text and "unreachable" in text and "Summary" in text
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59.6, "1m00s"), (61, "1m01s"), (3725, "1h02m")])
 def test_format_duration(seconds: float, text: str) -> None:
-    assert runner.format_duration(seconds) == text
+    assert display.format_duration(seconds) == text
 
 
 def test_unknown_playbook_is_refused() -> None:
@@ -210,3 +210,46 @@ def test_facts_are_cached_across_runs_not_per_run(monkeypatch: pytest.MonkeyPatc
     config.prepare()
     assert config.env["ANSIBLE_CACHE_PLUGIN"] == "jsonfile"
     assert config.env["ANSIBLE_CACHE_PLUGIN_CONNECTION"] == str(tmp_path / "cache" / "facts")
+
+
+def test_watched_tasks_keep_each_hosts_result_and_failures_their_full_message() -> None:
+    """What session, users passwd/enroll and doctor read: the result of a task by name, per host."""
+    model = runner.replay(load("failed"), runner.ProgressModel(watch=frozenset({"Fail on purpose"})))
+    watched = model.results["Fail on purpose"]
+    assert watched["lab-b"].outcome == "failed" and watched["lab-b"].res["msg"] == "this task fails on purpose"
+    assert watched["lab-a"].outcome == "skipped"
+    assert "Write a scratch file" not in model.results, "only watched tasks are kept"
+    assert model.hosts["lab-b"].message == "this task fails on purpose"
+    gone = runner.replay(load("unreachable")).hosts["lab-gone"]
+    assert gone.unreachable and "Connection refused" in gone.message and gone.message in gone.last_error
+
+
+def test_a_run_that_keeps_no_artifacts_leaves_nothing_behind(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """session token and users passwd runs: their events hold secrets; nothing of them stays on the controller."""
+    import sys
+    import types
+
+    seen: list[Path] = []
+
+    def fake_run(**kwargs: Any) -> Any:
+        artifacts = Path(kwargs["artifact_dir"]) / kwargs["ident"]
+        artifacts.mkdir(parents=True)
+        (artifacts / "stdout").write_text("token: s3cret")
+        seen.append(artifacts)
+        return types.SimpleNamespace(status="successful", rc=0)
+
+    monkeypatch.setitem(sys.modules, "ansible_runner", types.SimpleNamespace(run=fake_run))
+    monkeypatch.setenv("METALAB_CACHE", str(tmp_path / "cache"))
+    result = runner.run_playbook(
+        runner.command_playbook("session"), extravars={"metalab_target": "all"}, keep_artifacts=0
+    )
+    assert result.artifacts is None and not seen[0].exists()
+    assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
+
+
+@pytest.mark.parametrize("name", ["session", "broker"])
+def test_command_playbooks_are_files_of_the_collection(name: str) -> None:
+    path = runner.command_playbook(name)
+    assert path.is_file() and path.parent.name == "labctl"
+    with pytest.raises(FileNotFoundError):  # not something `labctl provision --playbook` runs
+        runner.playbook_path(f"labctl/{name}")

@@ -8,12 +8,13 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from metalab import users
-from metalab.cli import cli
+from metalab.labctl import inventory as users_inventory
+from metalab.labctl.cli import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -57,7 +58,7 @@ def test_add_block_style_keeps_the_comment_that_follows_the_list(tmp_path: Path)
         "    lab_session_limits: {cpu: 12h, gpu: 4h}\n"
     )
     before = hosts.read_text()
-    users.add_users(hosts, [("zoe", None, False)])
+    users_inventory.add_users(hosts, [("zoe", None, False)])
     after = hosts.read_text()
     removed, added = changes(before, after)
     assert removed == []
@@ -162,7 +163,7 @@ def test_group_vars_file_is_found_and_edited(tmp_path: Path) -> None:
     (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    lab1:\n")
     gv = tmp_path / "group_vars" / "all.yml"
     gv.write_text("---\n# users of the lab\nlab_users:\n  - name: alice\n    quota: 15G  # default\n")
-    doc = users.add_users(tmp_path / "hosts.yml", [("bob", "20G", True)])
+    doc = users_inventory.add_users(tmp_path / "hosts.yml", [("bob", "20G", True)])
     assert doc.path == gv
     assert gv.read_text() == (
         "---\n# users of the lab\nlab_users:\n  - name: alice\n    quota: 15G  # default\n"
@@ -174,7 +175,7 @@ def test_group_vars_file_is_found_and_edited(tmp_path: Path) -> None:
 def test_first_user_goes_into_group_vars_all_directory(tmp_path: Path) -> None:
     (tmp_path / "group_vars" / "all").mkdir(parents=True)
     (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    lab1:\n")
-    doc = users.add_users(tmp_path / "hosts.yml", [("alice", None, False)])
+    doc = users_inventory.add_users(tmp_path / "hosts.yml", [("alice", None, False)])
     assert doc.path == tmp_path / "group_vars" / "all" / "lab_users.yml"
     assert doc.path.read_text() == "lab_users:\n- name: alice\n  gpu: false\n"
 
@@ -182,7 +183,7 @@ def test_first_user_goes_into_group_vars_all_directory(tmp_path: Path) -> None:
 def test_first_user_goes_into_hosts_all_vars(tmp_path: Path) -> None:
     hosts = tmp_path / "hosts.yml"
     hosts.write_text("all:\n  hosts:\n    lab1:  # the only host\n")
-    users.add_users(hosts, [("alice", None, True)])
+    users_inventory.add_users(hosts, [("alice", None, True)])
     assert hosts.read_text() == (
         "all:\n  hosts:\n    lab1:  # the only host\n  vars:\n    lab_users:\n    - name: alice\n      gpu: true\n"
     )
@@ -196,7 +197,7 @@ def test_lab_users_in_two_places_is_refused(inventory: Path) -> None:
 
 def test_file_mode_is_kept(inventory: Path) -> None:
     inventory.chmod(0o640)
-    users.add_users(inventory, [("zoe", None, False)])
+    users_inventory.add_users(inventory, [("zoe", None, False)])
     assert inventory.stat().st_mode & 0o777 == 0o640
 
 
@@ -205,3 +206,21 @@ def test_usage_errors(inventory: Path) -> None:
     assert code == 2 and "either NAME or --csv" in out
     code, out = labctl("users", "add", "--csv", str(FIXTURES / "roster.csv"), "--gpu", "-i", str(inventory))
     assert code == 2
+
+
+def test_broker_results_read_the_report_task_and_name_hosts_that_failed_before_it() -> None:
+    from metalab.labctl import runner, users
+
+    def event(kind: str, host: str, task: str, res: dict[str, Any]) -> dict[str, Any]:
+        return {"event": kind, "event_data": {"host": host, "task": task, "res": res}}
+
+    events = [
+        event("runner_on_ok", "a", users.REPORT_TASK, {"msg": {"rc": 0, "stdout": '{"url": "u"}', "stderr": ""}}),
+        event("runner_on_failed", "b", "One host only", {"msg": "2 hosts matched;\n choose one with --host"}),
+        event("runner_on_unreachable", "c", "Run metalab-broker", {"msg": "ssh: refused"}),
+    ]
+    results, errors = users.broker_results(
+        runner.replay(events, runner.ProgressModel(watch=frozenset({users.REPORT_TASK})))
+    )
+    assert results == {"a": users.BrokerResult("a", 0, '{"url": "u"}', "")}
+    assert errors == ["b: 2 hosts matched; choose one with --host", "c: ssh: refused"]

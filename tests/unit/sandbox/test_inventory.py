@@ -2,11 +2,12 @@
 
 import json
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
-from metalab.cli import cli
-from metalab.sandbox import inventory, rootfs, state
+from metalab.labctl.cli import cli
+from metalab.labctl.sandbox import inventory, rootfs, state
 
 NSPAWN = {
     "name": "a",
@@ -110,7 +111,22 @@ def test_mirror_from_legacy_sources_list(tmp_path):
 def test_missing_mirror_is_a_clear_error(tmp_path):
     import pytest
 
-    from metalab.sandbox.errors import SandboxError
+    from metalab.labctl.sandbox.errors import SandboxError
 
     with pytest.raises(SandboxError, match="cannot find a Debian bookworm mirror"):
         rootfs.debian_mirror(tmp_path)
+
+
+def test_a_sandbox_that_fails_to_come_up_is_taken_down_and_its_log_quoted(tmp_path):
+    from metalab.labctl.sandbox.errors import SandboxError
+
+    log = tmp_path / "console.log"
+    log.write_text("booting\nsshd: failed to start\n")
+    downs = []
+    expected = r"^no ssh; last lines of its output:\nbooting\nsshd: failed to start$"
+    with pytest.raises(SandboxError, match=expected), state.removed_on_failure("s1", log, downs.append):
+        raise SandboxError("no ssh")
+    # Anything else passes through unchanged, after the clean-up.
+    with pytest.raises(KeyboardInterrupt), state.removed_on_failure("s2", log, downs.append):
+        raise KeyboardInterrupt
+    assert downs == ["s1", "s2"]

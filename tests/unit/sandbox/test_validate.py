@@ -3,9 +3,9 @@
 import pytest
 from click.testing import CliRunner
 
-from metalab.cli import cli
-from metalab.sandbox import validate
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.cli import cli
+from metalab.labctl.sandbox import validate
+from metalab.labctl.sandbox.errors import SandboxError
 
 
 @pytest.mark.parametrize("name", ["a", "lab-1", "ml-default", "x" * 20])

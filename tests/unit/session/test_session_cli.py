@@ -8,25 +8,26 @@ from pathlib import Path
 
 import pytest
 
-from metalab import session
+from metalab.labctl import runner, session
 
 
-def _event(kind: str, host: str, res: dict) -> dict:
-    return {"event": kind, "event_data": {"host": host, "res": res}}
+def _event(kind: str, host: str, res: dict, task: str = session.TASK) -> dict:
+    return {"event": kind, "event_data": {"host": host, "task": task, "res": res}}
 
 
-def test_collect_keeps_last_result_per_host_and_flags_refusals() -> None:
-    results = session.collect(
-        [
-            {"event": "playbook_on_start"},
-            _event("runner_on_ok", "h1", {"sessions": []}),
-            _event("runner_on_failed", "h2", {"msg": "unknown user 'x'", "refused": True}),
-            _event("runner_on_unreachable", "h3", {"msg": "ssh: no route"}),
-        ]
-    )
+def test_collect_keeps_the_module_result_per_host_and_flags_refusals() -> None:
+    events = [
+        {"event": "playbook_on_start"},
+        _event("runner_on_ok", "h1", {"sessions": []}),
+        _event("runner_on_failed", "h2", {"msg": "unknown user 'x'", "refused": True}),
+        _event("runner_on_unreachable", "h3", {"msg": "ssh: no route"}),
+        _event("runner_on_ok", "h4", {"msg": "not the module's task"}, task="Something else"),
+    ]
+    results = session.collect(runner.replay(events, runner.ProgressModel(watch=frozenset({session.TASK}))))
+    assert sorted(results) == ["h1", "h2", "h3"]
     assert results["h1"].ok and not results["h2"].ok
     assert results["h2"].refused and results["h2"].message == "unknown user 'x'"
-    assert results["h3"].unreachable and not results["h3"].refused
+    assert results["h3"].unreachable and not results["h3"].refused and results["h3"].message == "ssh: no route"
 
 
 def test_usage_rows_sum_hosts_per_user_and_kind() -> None:
@@ -89,9 +90,8 @@ def guard(tmp_path: Path) -> Path:
 def run_module(guard: Path, args: dict, check: bool = False) -> dict:
     import subprocess
 
-    from metalab import collection
+    from metalab.labctl import collection
 
-    collection.ensure_importable()
     module = collection.root() / "plugins" / "modules" / "lab_session.py"
     payload = {"ANSIBLE_MODULE_ARGS": {**args, "guard": str(guard), "_ansible_check_mode": check}}
     env = {"PYTHONPATH": str(collection.root() / "collections")}

@@ -8,11 +8,13 @@ Exit code: 0 when no finding is 'fail' (warnings allowed), 2 otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -20,13 +22,12 @@ from typing import Any
 
 import click
 
-from metalab import collection, config, output
+from metalab import rules
+from metalab.labctl import collection, config, output, runner
 
 OK, WARN, FAIL, NA = "ok", "warn", "fail", "n/a"
 CONTROLLER = "(controller)"
 REPORT_TASK = "Report the probe results"
-# Platforms the roles support (README, "Supported lab hosts"): distribution -> major versions.
-SUPPORTED = {"Ubuntu": ("22", "24"), "Debian": ("12",), "Amazon": ("2023",)}
 QUOTA_OPTIONS = ("usrquota", "uquota", "usrjquota", "quota", "prjquota", "pquota", "grpquota", "gquota")
 GUARD_MAX_AGE = 180  # seconds: the guard runs every minute from cron
 MIN_PYTHON = (3, 11)
@@ -111,15 +112,11 @@ def evaluate_controller(
         elif readable(key):
             f.append(Finding(CONTROLLER, "ssh key readable", OK, f"{key} ({names})"))
         else:
-            f.append(
-                Finding(
-                    CONTROLLER,
-                    "ssh key readable",
-                    FAIL,
-                    f"{key} is missing or unreadable ({names})",
-                    "create the key or fix ansible_ssh_private_key_file",
-                )
+            detail, action = (
+                f"{key} is missing or unreadable ({names})",
+                "create the key or fix ansible_ssh_private_key_file",
             )
+            f.append(Finding(CONTROLLER, "ssh key readable", FAIL, detail, action))
     return f
 
 
@@ -146,7 +143,7 @@ def read_inventory(inventory: str | None) -> tuple[dict[str, Any] | None, str]:
 
 def users_errors_from(data: Mapping[str, Any]) -> list[str]:
     """Validate each distinct lab_users list that hosts see (usually one, from group all)."""
-    from metalab import users
+    from metalab.labctl import inventory
 
     seen: set[str] = set()
     errors: list[str] = []
@@ -161,7 +158,7 @@ def users_errors_from(data: Mapping[str, Any]) -> list[str]:
         settings = {
             k: hv.get(v) for k, v in (("default_quota", "lab_users_default_quota"), ("prefix", "lab_users_prefix"))
         }
-        errors += users.validate(lab_users, **{k: v for k, v in settings.items() if v is not None})
+        errors += inventory.validate(lab_users, **{k: v for k, v in settings.items() if v is not None})
     return errors
 
 
@@ -191,18 +188,11 @@ def evaluate_host(
         return [Finding(host, "reachable", FAIL, problem or "no probe report", "run labctl doctor again with -v")]
     f = [Finding(host, "reachable", OK)]
     dist, major = str(report.get("distribution", "")), str(report.get("distribution_major_version", ""))
-    if major in SUPPORTED.get(dist, ()):
+    if rules.platform_problem(dist, major) is None:
         f.append(Finding(host, "supported OS", OK, f"{dist} {major}"))
     else:
-        f.append(
-            Finding(
-                host,
-                "supported OS",
-                FAIL,
-                f"{dist} {major}".strip() or "unknown",
-                "metalab supports Ubuntu 22.04/24.04, Debian 12 and Amazon Linux 2023",
-            )
-        )
+        detail, action = f"{dist} {major}".strip() or "unknown", f"metalab supports {rules.PLATFORMS_HELP}"
+        f.append(Finding(host, "supported OS", FAIL, detail, action))
     f.append(_homes(host, report))
     f += _podman(host, report)
     f.append(_frontdoor(host, report))
@@ -272,7 +262,7 @@ def _frontdoor(host: str, report: Mapping[str, Any]) -> Finding:
 
 
 def _guard(host: str, report: Mapping[str, Any]) -> list[Finding]:
-    config = str(report.get("guard_config") or "/etc/metalab/guard.json")
+    config = str(report.get("guard_config") or rules.GUARD_CONFIG)
     if not _bool(report.get("guard_installed")):
         return [
             Finding(host, "guard cron", NA, f"session_limits not installed yet (no {config})", "run labctl provision"),
@@ -296,37 +286,26 @@ def _guard(host: str, report: Mapping[str, Any]) -> list[Finding]:
     mtime, now = _int(report.get("guard_stamp_mtime"), 0), _int(report.get("now"), 0)
     installed = _int(report.get("guard_config_mtime"), 0)
     if mtime <= 0 and installed > 0 and now - installed <= GUARD_MAX_AGE:
-        found.append(
-            Finding(
-                host,
-                "guard ran recently",
-                WARN,
-                f"configured {max(0, now - installed)}s ago, no run yet ({stamp} is missing)",
-                "cron runs the guard every minute: run labctl doctor again in a minute",
-            )
+        verdict = (
+            WARN,
+            f"configured {max(0, now - installed)}s ago, no run yet ({stamp} is missing)",
+            "cron runs the guard every minute: run labctl doctor again in a minute",
         )
     elif mtime <= 0:
-        found.append(
-            Finding(
-                host,
-                "guard ran recently",
-                FAIL,
-                f"the guard has never run ({stamp} is missing)",
-                "check cron and the journal (journalctl -t metalab-guard)",
-            )
+        verdict = (
+            FAIL,
+            f"the guard has never run ({stamp} is missing)",
+            "check cron and the journal (journalctl -t metalab-guard)",
         )
     elif now - mtime > GUARD_MAX_AGE:
-        found.append(
-            Finding(
-                host,
-                "guard ran recently",
-                FAIL,
-                f"last run {now - mtime}s ago (expected every minute)",
-                "on the host: run metalab-guard run by hand and read its error; check cron",
-            )
+        verdict = (
+            FAIL,
+            f"last run {now - mtime}s ago (expected every minute)",
+            "on the host: run metalab-guard run by hand and read its error; check cron",
         )
     else:
-        found.append(Finding(host, "guard ran recently", OK, f"{max(0, now - mtime)}s ago"))
+        verdict = (OK, f"{max(0, now - mtime)}s ago", "")
+    found.append(Finding(host, "guard ran recently", *verdict))
     found.append(_guard_lock(host, _int(report.get("guard_skip_mtime"), 0), mtime, now))
     return found
 
@@ -348,20 +327,23 @@ def _guard_lock(host: str, skipped: int, last_run: int, now: int) -> Finding:
     )
 
 
-def reports_from_events(events: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """host -> probe report, from the runner_on_ok events of the report task."""
-    reports = {}
-    for event in events:
-        data = event.get("event_data") or {}
-        if event.get("event") == "runner_on_ok" and data.get("task") == REPORT_TASK:
-            msg = (data.get("res") or {}).get("msg")
-            if isinstance(msg, Mapping):
-                reports[data["host"]] = msg
-    return reports
+def reports_from(model: runner.ProgressModel) -> dict[str, Mapping[str, Any]]:
+    """host -> probe report, from the ok results of the report task (the model watched REPORT_TASK)."""
+    results = model.results.get(REPORT_TASK, {}).values()
+    return {r.host: r.res["msg"] for r in results if r.outcome == "ok" and isinstance(r.res.get("msg"), Mapping)}
 
 
 def exit_code(findings: list[Finding]) -> int:
     return 2 if any(x.status == FAIL for x in findings) else 0
+
+
+def _status(message: str, show: bool) -> AbstractContextManager[Any]:
+    """A spinner on stderr while the probes run (only for a table on a terminal)."""
+    if not show:
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
 
 
 COLUMNS = [
@@ -383,8 +365,7 @@ def cli(inventory: str | None, limit: str | None, controller_only: bool, output:
 
     Exit code 0 when nothing failed (warnings allowed), 2 when a check failed.
     """
-    from metalab import output as out
-    from metalab import runner
+    from metalab.labctl import output as out
 
     fmt = out.resolve_format(output)
     inv = config.inventory(inventory)
@@ -405,17 +386,10 @@ def cli(inventory: str | None, limit: str | None, controller_only: bool, output:
         readable=lambda p: os.access(Path(p).expanduser(), os.R_OK) and Path(p).expanduser().is_file(),
     )
     if data is not None and not controller_only:
-        events: list[dict[str, Any]] = []
-        model = runner.ProgressModel()
-        status_message = "probing lab hosts..."
-        if fmt == "table" and sys.stderr.isatty():
-            from rich.console import Console
-
-            with Console(stderr=True).status(status_message):
-                result = runner.run_playbook("doctor", inventory=inv, limit=limit, model=model, on_event=events.append)
-        else:
-            result = runner.run_playbook("doctor", inventory=inv, limit=limit, model=model, on_event=events.append)
-        reports = reports_from_events(events)
+        model = runner.ProgressModel(watch=frozenset({REPORT_TASK}))
+        with _status("probing lab hosts...", fmt == "table" and sys.stderr.isatty()):
+            result = runner.run_playbook("doctor", inventory=inv, limit=limit, model=model)
+        reports = reports_from(model)
         for name, h in model.hosts.items():
             findings += evaluate_host(name, reports.get(name), h.last_error, unreachable=bool(h.unreachable))
         if not model.hosts:

@@ -13,13 +13,13 @@ from metalab import __version__
 # subcommand takes the name given here. Modules are imported on first use so
 # that `labctl --help` and shell completion stay fast.
 SUBCOMMANDS = {
-    "sandbox": "metalab.sandbox.cli",
-    "completion": "metalab.config",
-    "doctor": "metalab.doctor",
-    "provision": "metalab.provision",
-    "users": "metalab.users",
-    "session": "metalab.session",
-    "usage": "metalab.usage",
+    "sandbox": "metalab.labctl.sandbox.cli",
+    "completion": "metalab.labctl.config",
+    "doctor": "metalab.labctl.doctor",
+    "provision": "metalab.labctl.provision",
+    "users": "metalab.labctl.users",
+    "session": "metalab.labctl.session",
+    "usage": "metalab.labctl.usage",
 }
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 
@@ -17,10 +16,3 @@ def root() -> Path:
         if (parent / "galaxy.yml").is_file() and (parent / "roles").is_dir():
             return parent
     raise RuntimeError("cannot find the metalab collection; set METALAB_COLLECTION to the repository root")
-
-
-def ensure_importable() -> None:
-    """Make ``ansible_collections.metalab.lab`` importable (module_utils shared with labctl)."""
-    path = str(root() / "collections")
-    if path not in sys.path:
-        sys.path.insert(0, path)

@@ -7,12 +7,14 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox import ssh
+from metalab.labctl.sandbox.errors import SandboxError
 
 
 def state_root() -> Path:
@@ -126,3 +128,33 @@ def wait_exec(proc: Any, expect: str, timeout: float = 10) -> None:
         if proc.poll() is not None or alive(proc.pid, expect):
             return
         time.sleep(0.02)
+
+
+def launch(record: dict[str, Any], argv: list[str], log: Path, expect: str, ssh_timeout: float, **where: Any) -> None:
+    """Start a sandbox's machine (``argv``, output to ``log``), record it with ``where`` (ansible_host, ansible_port,
+    ansible_user, ansible_ssh_private_key_file...) and wait until its SSH answers."""
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    wait_exec(proc, expect)
+    record.update(pid=proc.pid, **where)
+    save(record)
+    key = Path(where["ansible_ssh_private_key_file"])
+    ssh.wait_for_ssh(
+        where["ansible_host"], where["ansible_port"], where["ansible_user"], key,
+        timeout=ssh_timeout, still_running=lambda: proc.poll() is None,
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def removed_on_failure(name: str, log: Path, down: Callable[[str], None]) -> Iterator[None]:
+    """A sandbox that fails to come up is taken down; a SandboxError then ends with the last lines of ``log``."""
+    try:
+        yield
+    except BaseException as error:
+        tail = log_tail(log)
+        down(name)
+        if isinstance(error, SandboxError) and tail:
+            raise SandboxError(f"{error}; last lines of its output:\n{tail}") from None
+        raise

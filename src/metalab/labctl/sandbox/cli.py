@@ -10,8 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from metalab.sandbox import inventory, nspawn, state, validate, vm
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox import inventory, nspawn, state, validate, vm
+from metalab.labctl.sandbox.errors import SandboxError
 
 _DRIVERS = {"nspawn": nspawn, "vm": vm}
 

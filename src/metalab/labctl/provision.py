@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from metalab import config, runner
+from metalab.labctl import config, display, runner
 
 
 def run_and_report(
@@ -24,7 +23,7 @@ def run_and_report(
     plain: bool = False,
     mitogen: bool | None = None,
 ) -> int:
-    """Run ``playbook``, show progress and the summary; return the exit code (see metalab.runner).
+    """Run ``playbook``, show progress and the summary; return the exit code (see metalab.labctl.runner).
 
     ``mitogen``: run with Mitogen for Ansible; None = the labctl setting (METALAB_MITOGEN, config file; off).
     """
@@ -34,16 +33,9 @@ def run_and_report(
     console = Console()
     plain = plain or not console.is_terminal
     model = runner.ProgressModel()
-    # Output that is not a host result (inventory or syntax errors) is shown when the run ends without a recap.
-    tail: deque[str] = deque(maxlen=15)
-
-    def remember(event: dict[str, Any]) -> None:
-        if event.get("event") in ("verbose", "error", "warning", "deprecated") and event.get("stdout"):
-            tail.extend(str(event["stdout"]).splitlines())
 
     def plain_event(event: dict[str, Any]) -> None:
-        remember(event)
-        line = runner.plain_line(event)
+        line = display.plain_line(event)
         if line is not None:
             click.echo(line)
 
@@ -62,7 +54,7 @@ def run_and_report(
     where = f" on {limit}" if limit else ""
     started = time.monotonic()
 
-    def run(on_event: Callable[[dict[str, Any]], None]) -> runner.RunResult:
+    def run(on_event: Callable[[dict[str, Any]], None] | None) -> runner.RunResult:
         return runner.run_playbook(
             playbook, inventory=inventory, limit=limit, tags=tags, skip_tags=skip_tags, check=check,
             model=model, on_event=on_event, mitogen=use_mitogen,
@@ -73,29 +65,29 @@ def run_and_report(
         result = run(plain_event)
     else:
         console.print(f"[bold]labctl[/]: running {playbook}{where}{mode}")
-        with Live(get_renderable=lambda: runner.progress_table(model), console=console, refresh_per_second=4):
-            result = run(remember)
+        with Live(get_renderable=lambda: display.progress_table(model), console=console, refresh_per_second=4):
+            result = run(None)
     code = result.exit_code
     if not model.finished:
         message = f"the run ended without a recap (ansible-runner status {result.status}, rc {result.rc})"
         if plain:
-            click.echo("\n".join(tail), err=True)
+            click.echo("\n".join(model.messages), err=True)
             click.echo(f"labctl: {message}", err=True)
         else:
-            console.print("\n".join(tail), markup=False, highlight=False)
+            console.print("\n".join(model.messages), markup=False, highlight=False)
             console.print(f"[red]labctl[/]: {message}")
     if model.hosts:
         if plain:
-            click.echo("\n".join(runner.summary_lines(model)))
+            click.echo("\n".join(display.summary_lines(model)))
         else:
-            console.print(runner.summary_table(model))
+            console.print(display.summary_table(model))
     verdict = {
         runner.EXIT_OK: "all hosts ok",
         runner.EXIT_FAILED: "some hosts failed",
         runner.EXIT_UNREACHABLE: "some hosts were unreachable",
         runner.EXIT_ERROR: "the run did not complete",
     }[code]
-    elapsed = runner.format_duration(time.monotonic() - started)
+    elapsed = display.format_duration(time.monotonic() - started)
     if plain:
         click.echo(f"artifacts: {result.artifacts}")
         click.echo(f"result: {verdict} in {elapsed} (exit {code})")

@@ -2,7 +2,7 @@
 
 Commands declare ``@output_options()`` (or ``@output_options(csv=False)``) and call
 ``emit(rows, columns, fmt)``. The format comes from the flag, else ``METALAB_OUTPUT``,
-else the config file's ``output``, else ``table`` (see ``metalab.config``).
+else the config file's ``output``, else ``table`` (see ``metalab.labctl.config``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from metalab import config
+from metalab.labctl import config
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Width of a table written to a file or a pipe (a terminal's own width is used on a terminal; $COLUMNS overrides).

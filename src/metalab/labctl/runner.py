@@ -1,8 +1,10 @@
-"""Run playbooks of the collection through ansible-runner and follow their progress.
+"""labctl's one Ansible executor: every command that runs Ansible runs a playbook of playbooks/ through
+``run_playbook`` and reads what happened from one event parser, ``ProgressModel``.
 
 ``ProgressModel`` is pure: it is fed ansible-runner event dicts (live, or replayed
-from ``artifacts/<ident>/job_events/*.json``) and holds per-host state, the
-summary and the exit code. The displays and ``run_playbook`` are the impure edge.
+from ``artifacts/<ident>/job_events/*.json``) and holds per-host state, the results of
+the tasks the caller asked for by name, the summary and the exit code.
+``run_playbook`` is the impure edge (the displays are in metalab.labctl.display).
 
 Exit codes (``labctl provision`` and everything that runs a playbook):
 
@@ -19,13 +21,14 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from metalab import collection
+from metalab.labctl import collection
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -33,7 +36,7 @@ EXIT_FAILED = 2
 EXIT_UNREACHABLE = 3
 
 # Events that carry a task result for one host.
-_RESULT_EVENTS = {
+RESULT_EVENTS = {
     "runner_on_ok": "ok",
     "runner_on_failed": "failed",
     "runner_on_unreachable": "unreachable",
@@ -49,6 +52,8 @@ _STATS_KEYS = {
     "ignored": "ignored",
     "rescued": "rescued",
 }
+# Events whose output says why a run ended without a recap (inventory or syntax errors, warnings).
+_MESSAGE_EVENTS = ("verbose", "error", "warning", "deprecated")
 
 
 def _parse_time(value: Any) -> float | None:
@@ -76,7 +81,8 @@ class HostProgress:
     task: str = ""
     first_start: float | None = None
     last_end: float | None = None
-    last_error: str = ""
+    last_error: str = ""  # "task: message", shortened, for the displays
+    message: str = ""  # the last failure's or unreachable's message in full (one line)
     # True while the host runs a task (runner_on_start seen, no result yet).
     busy: bool = False
 
@@ -118,11 +124,27 @@ class HostProgress:
         }
 
 
+@dataclass(frozen=True)
+class TaskResult:
+    """One host's result of a task the caller watches: outcome ok | failed | unreachable | skipped, and its res."""
+
+    host: str
+    outcome: str
+    res: Mapping[str, Any]
+
+
 @dataclass
 class ProgressModel:
-    """Per-host progress of one playbook run, built only from ansible-runner events."""
+    """Per-host progress of one playbook run, built only from ansible-runner events.
 
+    ``watch``: names of tasks whose per-host results are kept in ``results`` (task -> host -> TaskResult).
+    """
+
+    watch: frozenset[str] = frozenset()
     hosts: dict[str, HostProgress] = field(default_factory=dict)
+    results: dict[str, dict[str, TaskResult]] = field(default_factory=dict)
+    # The last lines of Ansible's own messages: what to show when a run ends without a recap.
+    messages: deque[str] = field(default_factory=lambda: deque(maxlen=15))
     play: str = ""
     role: str = ""
     task: str = ""
@@ -151,10 +173,12 @@ class ProgressModel:
             start = _parse_time(data.get("start")) or created
             if h.first_start is None and start is not None:
                 h.first_start = start
-        elif kind in _RESULT_EVENTS and data.get("host"):
-            self._result(_RESULT_EVENTS[kind], data, created)
+        elif kind in RESULT_EVENTS and data.get("host"):
+            self._result(RESULT_EVENTS[kind], data, created)
         elif kind == "playbook_on_stats":
             self._stats(data)
+        elif kind in _MESSAGE_EVENTS and event.get("stdout"):
+            self.messages.extend(str(event["stdout"]).splitlines())
 
     def _result(self, outcome: str, data: Mapping[str, Any], created: float | None) -> None:
         h = self.host(data["host"])
@@ -166,14 +190,14 @@ class ProgressModel:
         if end is not None and (h.last_end is None or end > h.last_end):
             h.last_end = end
         res: Mapping[str, Any] = data.get("res") or {}
+        if h.task in self.watch:
+            self.results.setdefault(h.task, {})[h.name] = TaskResult(h.name, outcome, res)
         if outcome == "failed" and data.get("ignore_errors"):
             h.ignored += 1
-        elif outcome == "failed":
-            h.failed += 1
-            h.last_error = _one_line(res.get("msg"), h.task)
-        elif outcome == "unreachable":
-            h.unreachable += 1
-            h.last_error = _one_line(res.get("msg"), h.task)
+        elif outcome in ("failed", "unreachable"):
+            h.failed, h.unreachable = h.failed + (outcome == "failed"), h.unreachable + (outcome == "unreachable")
+            h.last_error = one_line(res.get("msg"), h.task)
+            h.message = " ".join(str(res.get("msg") or "").split())
         elif outcome == "skipped":
             h.skipped += 1
         else:
@@ -206,7 +230,7 @@ class ProgressModel:
         return EXIT_OK
 
 
-def _one_line(msg: Any, task: str) -> str:
+def one_line(msg: Any, task: str) -> str:
     text = " ".join(str(msg or "").split())
     if len(text) > 200:
         text = text[:197] + "..."
@@ -235,7 +259,7 @@ def cache_dir() -> Path:
 @dataclass
 class RunResult:
     model: ProgressModel
-    artifacts: Path
+    artifacts: Path | None  # None when the run's artifacts were not kept
     status: str
     rc: int | None
 
@@ -245,13 +269,21 @@ class RunResult:
 
 
 def playbook_path(name: str) -> Path:
-    """``site`` -> <collection>/playbooks/site.yml; refuses names that are not playbooks of the collection."""
+    """``site`` -> <collection>/playbooks/site.yml; refuses names that are not playbooks of the collection.
+
+    Only the top level counts: playbooks/labctl/ holds the playbooks of labctl's own commands.
+    """
     stem = name[:-4] if name.endswith(".yml") else name
     path = collection.root() / "playbooks" / f"{stem}.yml"
     if "/" in stem or not path.is_file():
         known = sorted(p.stem for p in (collection.root() / "playbooks").glob("*.yml"))
         raise FileNotFoundError(f"no playbook {stem!r} in the collection (known: {', '.join(known) or 'none'})")
     return path
+
+
+def command_playbook(name: str) -> Path:
+    """The playbook of a labctl command: <collection>/playbooks/labctl/<name>.yml."""
+    return collection.root() / "playbooks" / "labctl" / f"{name}.yml"
 
 
 def ensure_tools_on_path() -> None:
@@ -293,7 +325,7 @@ def mitogen_env() -> dict[str, str]:
 
 
 def run_playbook(
-    playbook: str,
+    playbook: str | Path,
     *,
     inventory: str | None = None,
     limit: str | None = None,
@@ -306,15 +338,18 @@ def run_playbook(
     keep_artifacts: int = 30,
     mitogen: bool = False,
 ) -> RunResult:
-    """Run a playbook of the collection; every event goes to ``model`` and then ``on_event``.
+    """Run a playbook (a name of the collection's playbooks/, or a path); every event goes to ``model``, then
+    ``on_event``.
 
+    ``keep_artifacts``: how many runs' artifacts (events, stdout) to keep under the cache directory; 0 keeps none:
+    they stay in the run's private directory and go with it (for runs whose results hold secrets).
     ``mitogen``: run it with Mitogen for Ansible's strategy (see mitogen_env); raises MitogenNotInstalled before
     anything runs when it is not installed.
     """
     import ansible_runner  # slow import: only when something runs
 
     root = collection.root()
-    path = playbook_path(playbook)
+    path = playbook if isinstance(playbook, Path) else playbook_path(playbook)
     # ansible-runner would point the fact cache at this run's artifacts (a fresh, empty cache every run: facts
     # gathered at every provision). labctl keeps one cache across runs instead, like ansible.cfg's for
     # ansible-playbook (docs/performance.md), under its own cache directory.
@@ -326,8 +361,6 @@ def run_playbook(
     if mitogen:
         envvars.update(mitogen_env())
     model = model or ProgressModel()
-    artifacts = cache_dir() / "runner" / "artifacts"
-    artifacts.mkdir(parents=True, exist_ok=True)
     ident = f"{time.strftime('%Y%m%d-%H%M%S')}-{path.stem}-{os.getpid()}"
 
     def handler(event: dict[str, Any]) -> bool:
@@ -338,9 +371,11 @@ def run_playbook(
 
     ensure_tools_on_path()
     cmdline = "--check --diff" if check else None
-    # A fresh private data dir per run: ansible-runner reads env/cmdline, env/extravars... from it when they exist,
-    # so a shared one would turn every run after a `--check` into a check run. Only the artifacts are kept.
+    # A fresh private data dir per run (0700, removed afterwards): ansible-runner reads env/cmdline, env/extravars...
+    # from it when they exist, so a shared one would turn every run after a `--check` into a check run.
     with tempfile.TemporaryDirectory(prefix="labctl-runner-") as private:
+        artifacts = cache_dir() / "runner" / "artifacts" if keep_artifacts else Path(private) / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
         runner = ansible_runner.run(
             private_data_dir=private,
             artifact_dir=str(artifacts),
@@ -360,99 +395,5 @@ def run_playbook(
             fact_cache_type="ansible.cfg",  # anything but "jsonfile": ansible-runner leaves the cache settings alone
             quiet=True,
         )
-    return RunResult(model=model, artifacts=artifacts / ident, status=runner.status, rc=runner.rc)
-
-
-# --- displays ----------------------------------------------------------------------------------------------
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-_STATUS_STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "unreachable": "bold magenta"}
-
-
-def progress_table(model: ProgressModel, now: float | None = None) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
-
-    now = time.time() if now is None else now
-    table = Table(title=escape(model.play) or None, title_justify="left", expand=False)
-    for header in ("host", "role / task", "ok", "changed", "failed", "elapsed"):
-        table.add_column(header, justify="right" if header in ("ok", "changed", "failed", "elapsed") else "left")
-    for h in model.hosts.values():
-        task = escape(f"{h.role} : {h.task}" if h.role else h.task)
-        if h.unreachable:
-            task = "[magenta]unreachable[/]"
-        failed = f"[red]{h.failed}[/]" if h.failed else "0"
-        table.add_row(
-            escape(h.name),
-            task,
-            str(h.ok),
-            str(h.changed),
-            failed,
-            format_duration(h.elapsed(now) if h.busy else h.duration),
-        )
-    return table
-
-
-def summary_table(model: ProgressModel) -> Any:
-    from rich.markup import escape
-    from rich.table import Table
-
-    table = Table(title="Summary", title_justify="left")
-    for header in ("host", "status", "ok", "changed", "failed", "unreachable", "skipped", "duration"):
-        table.add_column(header, justify="left" if header in ("host", "status") else "right")
-    for h in model.hosts.values():
-        style = _STATUS_STYLE.get(h.status, "")
-        table.add_row(
-            escape(h.name),
-            f"[{style}]{h.status}[/]",
-            str(h.ok),
-            str(h.changed),
-            str(h.failed),
-            str(h.unreachable),
-            str(h.skipped),
-            format_duration(h.duration),
-        )
-    return table
-
-
-def plain_line(event: Mapping[str, Any]) -> str | None:
-    """One line per play, task and host result; None for events not worth a line."""
-    kind = event.get("event", "")
-    data: Mapping[str, Any] = event.get("event_data") or {}
-    if kind == "playbook_on_play_start":
-        return f"PLAY {data.get('play') or data.get('name', '')}"
-    if kind in ("playbook_on_task_start", "playbook_on_handler_task_start"):
-        return f"TASK {data.get('name') or data.get('task', '')}"
-    if kind in _RESULT_EVENTS and data.get("host"):
-        res: Mapping[str, Any] = data.get("res") or {}
-        outcome = _RESULT_EVENTS[kind]
-        if outcome == "ok" and res.get("changed"):
-            outcome = "changed"
-        if outcome == "failed" and data.get("ignore_errors"):
-            outcome = "ignored"
-        line = f"  {outcome}: {data['host']}"
-        if outcome in ("failed", "unreachable"):
-            line += f" - {_one_line(res.get('msg'), '')}"
-        return line
-    return None
-
-
-def summary_lines(model: ProgressModel) -> list[str]:
-    lines = ["SUMMARY"]
-    for h in model.hosts.values():
-        lines.append(
-            f"  {h.name} status={h.status} ok={h.ok} changed={h.changed} failed={h.failed} "
-            f"unreachable={h.unreachable} skipped={h.skipped} duration={format_duration(h.duration)}"
-        )
-    return lines
+    kept = artifacts / ident if keep_artifacts else None
+    return RunResult(model=model, artifacts=kept, status=runner.status, rc=runner.rc)

@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox.errors import SandboxError
 
 SSH_OPTIONS = (
     "-o",

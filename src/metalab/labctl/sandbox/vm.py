@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metalab.sandbox import rootfs, ssh, state
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox import rootfs, ssh, state
+from metalab.labctl.sandbox.errors import SandboxError
 
 MEMORY_MB = 2048
 
@@ -27,7 +27,7 @@ def up(name: str, nvme_sizes: list[int]) -> dict[str, Any]:
         port, https_port = ssh.free_port(), ssh.free_port()
         record: dict[str, Any] = {"name": name, "kind": "vm", "created": int(time.time())}
         state.save(record)
-    try:
+    with state.removed_on_failure(name, directory / "qemu.log", down):
         disk, kernel, initrd = rootfs.vm_image(directory / "build.log")
         key = ssh.keypair(directory)
         overlay = directory / "root.qcow2"
@@ -62,13 +62,12 @@ def up(name: str, nvme_sizes: list[int]) -> dict[str, Any]:
             argv += ["-drive", f"file={image},if=none,id=nv{number},format=raw",
                      "-device", f"nvme,serial={serial},drive=nv{number}"]  # fmt: skip
             nvme.append({"serial": serial, "size": size, "image": str(image)})
-        log = open(directory / "qemu.log", "w")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        state.wait_exec(proc, "qemu-system-x86_64")
-        record.update(
-            pid=proc.pid,
+        state.launch(
+            record,
+            argv,
+            directory / "qemu.log",
+            "qemu-system-x86_64",
+            ssh_timeout=300,
             ansible_host="127.0.0.1",
             ansible_port=port,
             ansible_user=rootfs.ADMIN_USER,
@@ -76,17 +75,6 @@ def up(name: str, nvme_sizes: list[int]) -> dict[str, Any]:
             https_port=https_port,
             nvme=nvme,
         )
-        state.save(record)
-        ssh.wait_for_ssh(
-            "127.0.0.1", port, rootfs.ADMIN_USER, key, timeout=300,
-            still_running=lambda: proc.poll() is None,
-        )  # fmt: skip
-    except BaseException as error:
-        tail = state.log_tail(directory / "qemu.log")
-        down(name)
-        if isinstance(error, SandboxError) and tail:
-            raise SandboxError(f"{error}; last lines of its output:\n{tail}") from None
-        raise
     return record
 
 

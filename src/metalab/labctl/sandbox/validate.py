@@ -6,7 +6,7 @@ import os
 import re
 import shutil
 
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox.errors import SandboxError
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,19}$")
 KINDS = ("nspawn", "vm")

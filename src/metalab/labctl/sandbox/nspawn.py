@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metalab.sandbox import rootfs, ssh, state
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox import rootfs, ssh, state
+from metalab.labctl.sandbox.errors import SandboxError
 
 PROXY_PORT = 3128
 MAX_INDEX = 250
@@ -109,7 +109,7 @@ def up(name: str) -> dict[str, Any]:
         directory.mkdir(parents=True)
         record: dict[str, Any] = {"name": name, "kind": "nspawn", "index": index, "created": int(time.time())}
         state.save(record)
-    try:
+    with state.removed_on_failure(name, directory / "console.log", down):
         key = ssh.keypair(directory)
         merged = _prepare_tree(directory, name, index, key)
         _network_up(name, index)
@@ -136,13 +136,12 @@ def up(name: str) -> dict[str, Any]:
             "--capability=all",
             "--system-call-filter=@keyring bpf",
         ]
-        console = open(directory / "console.log", "w")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        state.wait_exec(proc, "systemd-nspawn")
-        record.update(
-            pid=proc.pid,
+        state.launch(
+            record,
+            argv,
+            directory / "console.log",
+            "systemd-nspawn",
+            ssh_timeout=120,
             netns=_netns(name),
             ansible_host=guest_ip,
             ansible_port=22,
@@ -151,14 +150,6 @@ def up(name: str) -> dict[str, Any]:
             lab_http_proxy=f"http://{host_ip}:{PROXY_PORT}",
             https_port=443,
         )
-        state.save(record)
-        ssh.wait_for_ssh(guest_ip, 22, rootfs.ADMIN_USER, key, timeout=120, still_running=lambda: proc.poll() is None)
-    except BaseException as error:
-        tail = state.log_tail(directory / "console.log")
-        down(name)
-        if isinstance(error, SandboxError) and tail:
-            raise SandboxError(f"{error}; last lines of its output:\n{tail}") from None
-        raise
     return record
 
 

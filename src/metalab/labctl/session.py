@@ -1,26 +1,21 @@
 """`labctl session` and `labctl usage`: runtimes on the lab hosts, through the `metalab.lab.lab_session` module.
 
-Every command is one ansible-runner ad-hoc run of ``metalab.lab.lab_session`` (which calls ``metalab-guard`` on the
-host): one fan-out over all hosts for ``list`` and ``usage``, one host for the others. ansible-runner's private data
-(events included) lives in a fresh 0700 temporary directory that is removed afterwards, so a token shown by
-``labctl session token`` is not left on the controller's disk; on the host it never appears on a command line.
+Every command is one run of playbooks/labctl/session.yml (``metalab.lab.lab_session``, which calls ``metalab-guard``
+on the host) through labctl's executor: one fan-out over all hosts for ``list`` and ``usage``, one host for the
+others. Its artifacts (events included) are not kept: they go with the run's private 0700 directory, so a token
+shown by ``labctl session token`` is not left on the controller's disk; on the host it never appears on a command line.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import click
 
-from metalab import collection, config, output, runner
+from metalab.labctl import config, output, runner
 
-MODULE = "metalab.lab.lab_session"
+TASK = "Run lab_session"  # the task of playbooks/labctl/session.yml whose results labctl reads
 EXIT_FAILED, EXIT_REFUSED = 1, 2
 
 
@@ -41,54 +36,33 @@ class HostResult:
         return bool(self.result.get("refused"))
 
 
-def collect(events: list[dict[str, Any]]) -> dict[str, HostResult]:
-    """Per-host results of an ad-hoc run, from ansible-runner events (pure)."""
-    out: dict[str, HostResult] = {}
-    for event in events:
-        kind = event.get("event", "")
-        data: Mapping[str, Any] = event.get("event_data") or {}
-        host = data.get("host")
-        if not host or kind not in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
-            continue
-        res = dict(data.get("res") or {})
-        out[host] = HostResult(host, kind == "runner_on_ok", res, kind == "runner_on_unreachable")
+def collect(model: runner.ProgressModel) -> dict[str, HostResult]:
+    """Per-host results of the lab_session task (pure; the model watched TASK)."""
+    out = {
+        h: HostResult(h, r.outcome == "ok", dict(r.res), r.outcome == "unreachable")
+        for h, r in model.results.get(TASK, {}).items()
+    }
+    for h in model.hosts.values():
+        if h.unreachable and h.name not in out:
+            out[h.name] = HostResult(h.name, False, {"msg": h.message}, unreachable=True)
     return out
 
 
 def run_module(args: dict[str, Any], *, inventory: str | None, hosts: str) -> dict[str, HostResult]:
     """Run lab_session on ``hosts`` (a pattern) with become; returns per-host results."""
-    import ansible_runner  # slow import: only when something runs
-
-    root = collection.root()
-    runner.ensure_tools_on_path()
-    events: list[dict[str, Any]] = []
-
-    def keep(event: dict[str, Any]) -> bool:
-        events.append(event)
-        return True
-
-    private = tempfile.mkdtemp(prefix="labctl-session.")
-    try:
-        job = ansible_runner.run(
-            private_data_dir=private,
-            host_pattern=hosts,
-            module=MODULE,
-            module_args=json.dumps(args),
-            inventory=str(Path(inventory).expanduser().resolve()) if inventory else None,
-            cmdline="--become",
-            envvars={"ANSIBLE_CONFIG": str(root / "ansible.cfg")},
-            event_handler=keep,
-            quiet=True,
-        )
-        results = collect(events)
-        if not results:
-            tail = "".join(str(e.get("stdout", "")) + "\n" for e in events if e.get("stdout"))[-600:].strip()
-            raise click.ClickException(
-                f"no host matched {hosts!r} or the run failed ({job.status}): {tail or 'no output'}"
-            )
-        return results
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
+    model = runner.ProgressModel(watch=frozenset({TASK}))
+    job = runner.run_playbook(
+        runner.command_playbook("session"),
+        inventory=inventory,
+        extravars={"metalab_target": hosts, "metalab_session": args},
+        model=model,
+        keep_artifacts=0,  # the token is in the events
+    )
+    results = collect(model)
+    if not results:
+        tail = "\n".join(model.messages)[-600:].strip()
+        raise click.ClickException(f"no host matched {hosts!r} or the run failed ({job.status}): {tail or 'no output'}")
+    return results
 
 
 def _inventory(flag: str | None) -> str:
@@ -124,6 +98,12 @@ def _find_host(user: str, inventory: str, host: str | None) -> str:
     if len(reachable) == 1:
         return reachable[0]
     raise click.UsageError(f"{user} has no runtime on any host; choose a host with --host")
+
+
+def _where_user_runs(user: str, state: str, inventory: str | None, host: str | None) -> HostResult:
+    """lab_session with ``state`` for USER on the host that runs USER's runtime (see _find_host)."""
+    inv = _inventory(inventory)
+    return _single(run_module({"user": user, "state": state}, inventory=inv, hosts=_find_host(user, inv, host)))
 
 
 INVENTORY_OPTION = click.option(
@@ -206,8 +186,7 @@ def start_cmd(user: str, gpu: bool, host: str | None, inventory: str | None) -> 
 @INVENTORY_OPTION
 def stop_cmd(user: str, host: str | None, inventory: str | None) -> None:
     """Stop USER's runtime gracefully (files in the home are never touched)."""
-    inv = _inventory(inventory)
-    target = _single(run_module({"user": user, "state": "stopped"}, inventory=inv, hosts=_find_host(user, inv, host)))
+    target = _where_user_runs(user, "stopped", inventory, host)
     if target.result.get("changed"):
         click.echo(f"stopped the runtime of {user} on {target.host}")
     else:
@@ -220,8 +199,7 @@ def stop_cmd(user: str, host: str | None, inventory: str | None) -> None:
 @INVENTORY_OPTION
 def token_cmd(user: str, host: str | None, inventory: str | None) -> None:
     """Print USER's JupyterLab token (kept root-only on the host)."""
-    inv = _inventory(inventory)
-    target = _single(run_module({"user": user, "state": "token"}, inventory=inv, hosts=_find_host(user, inv, host)))
+    target = _where_user_runs(user, "token", inventory, host)
     click.echo(target.result.get("token", ""))
 
 
@@ -231,7 +209,7 @@ def token_cmd(user: str, host: str | None, inventory: str | None) -> None:
 @output.output_options()
 def list_cmd(host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002 - the option's name
     """Runtimes on every lab host: user, host, kind, started, time and budget left."""
-    from metalab import output as out
+    from metalab.labctl import output as out
 
     fmt = out.resolve_format(output)
     results = run_module({"state": "query"}, inventory=_inventory(inventory), hosts=host or "all")
@@ -278,7 +256,7 @@ def usage_rows(results: dict[str, HostResult]) -> list[dict[str, Any]]:
 @output.output_options()
 def usage(since: str | None, host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002
     """Hours of runtime per user and kind, from the ledgers of all hosts (one fan-out)."""
-    from metalab import output as out
+    from metalab.labctl import output as out
 
     fmt = out.resolve_format(output)
     args: dict[str, Any] = {"state": "usage"}

@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from metalab.sandbox.errors import SandboxError
+from metalab.labctl.sandbox.errors import SandboxError
 
 SUITE = "bookworm"
 ADMIN_USER = "labadmin"

@@ -144,7 +144,7 @@ def cli(shell: str) -> None:
     """
     from click.shell_completion import get_completion_class
 
-    from metalab.cli import cli as root
+    from metalab.labctl.cli import cli as root
 
     cls = get_completion_class(shell)
     if cls is None:  # pragma: no cover - click ships all three
