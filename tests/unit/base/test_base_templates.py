@@ -14,14 +14,21 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "base"
+COMMON = ROLE.parent / "common"
 PLATFORMS = ["Debian", "Ubuntu", "Amazon"]
 
 
 def render(template, platform="Debian", **extra):
     loader = DataLoader()
     variables = {}
-    for name in ("defaults/main.yml", "vars/main.yml", f"vars/{platform}.yml"):
-        variables.update(loader.load_from_file(str(ROLE / name), trusted_as_template=True))
+    # common's defaults first (a dependency of every role), then the role's own
+    for path in (
+        COMMON / "defaults/main.yml",
+        ROLE / "defaults/main.yml",
+        ROLE / "vars/main.yml",
+        ROLE / f"vars/{platform}.yml",
+    ):
+        variables.update(loader.load_from_file(str(path), trusted_as_template=True))
     variables.update({"ansible_managed": "managed by metalab"}, **extra)
     return Templar(loader=loader, variables=variables).template(trust_as_template(template))
 

@@ -215,18 +215,18 @@ def test_copy_files_mode_per_file_and_a_mode_for_no_file_is_refused():
         copy_files(["start-jupyterlab"], ["#!/bin/sh\n"], "", "/ctx", modes={"start-jupyter": "0755"})
 
 
-# -- the lab_users action: validate_only never reaches the host ---------------------------------------------
+# -- resolve_lab_users never reaches the host ----------------------------------------------------------------------------
 
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
-def adhoc(args):
+def adhoc(args, module="metalab.lab.resolve_lab_users"):
     # A host whose Python does not exist: any module run on it fails, so a success came from the controller.
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_CALLBACK_RESULT_FORMAT="json")
     out = subprocess.run(
         [ANSIBLE, "all", "-i", "nohost,", "-c", "local", "-e", "ansible_python_interpreter=/nonexistent/python3"]
-        + ["-m", "metalab.lab.lab_users", "-a", json.dumps(args)],
+        + ["-m", module, "-a", json.dumps(args)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -240,17 +240,16 @@ def adhoc(args):
     return result
 
 
-def test_lab_users_validation_runs_on_the_controller():
-    ok = adhoc({"users": [{"name": "alice", "quota": "2G"}], "volume_size": 10 * 2**30, "validate_only": True})
+def test_lab_users_resolution_runs_on_the_controller():
+    ok = adhoc({"users": [{"name": "alice", "quota": "2G"}]})
     assert not ok.get("failed"), ok
-    assert ok["users"][0]["login"] == "lab-alice" and ok["users"][0]["quota_bytes"] == 2 * 2**30
+    (alice,) = ok["ansible_facts"]["lab_users_resolved"]
+    assert alice["login"] == "lab-alice" and alice["quota_bytes"] == 2 * 2**30
+    assert alice["home"] == "/srv/metalab/homes/alice"
 
-    bad = adhoc({"users": [{"name": "alice"}, {"name": "Bob!"}], "validate_only": True})
+    bad = adhoc({"users": [{"name": "alice"}, {"name": "Bob!"}]})
     assert bad["failed"] and "lab_users[1] (name 'Bob!')" in bad["msg"] and "nothing changed" in bad["msg"]
 
-    big = adhoc({"users": [{"name": "alice", "quota": "20G"}], "volume_size": 10 * 2**30, "validate_only": True})
-    assert big["failed"] and "lab_users[0]" in big["msg"]
-
-    # Without validate_only the module itself runs on the host, here one without Python: proof of the split.
-    real = adhoc({"users": [{"name": "alice"}]})
+    # The lab_users module itself runs on the host, here one without Python: proof of the split.
+    real = adhoc({"users": [alice]}, module="metalab.lab.lab_users")
     assert real["failed"] and "nonexistent" in json.dumps(real)

@@ -20,13 +20,7 @@ SHELL_END = re.compile(r"\s*(?:;|&&|\s\|\s|>)")
 
 
 def labctl() -> click.Group:
-    # The CLI's module (metalab.labctl.cli once the controller code lives in metalab/labctl, metalab.cli before).
-    for name in ("metalab.labctl.cli", "metalab.cli"):
-        try:
-            return importlib.import_module(name).cli
-        except ModuleNotFoundError:
-            continue
-    raise AssertionError("no labctl CLI module (metalab.labctl.cli or metalab.cli)")
+    return importlib.import_module("metalab.labctl.cli").cli
 
 
 def shown(pages: List[Path]) -> Iterator[Tuple[str, str]]:
