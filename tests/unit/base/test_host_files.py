@@ -215,7 +215,7 @@ def test_copy_files_mode_per_file_and_a_mode_for_no_file_is_refused():
         copy_files(["start-jupyterlab"], ["#!/bin/sh\n"], "", "/ctx", modes={"start-jupyter": "0755"})
 
 
-# -- resolve_lab_users never reaches the host ----------------------------------------------------------------------------
+# -- resolve_lab_users never reaches the host ---------------------------------------------------------------------
 
 ANSIBLE = os.path.join(os.path.dirname(sys.executable), "ansible")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
