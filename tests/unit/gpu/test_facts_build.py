@@ -4,18 +4,7 @@ from __future__ import annotations
 
 from ansible_collections.metalab.lab.plugins.module_utils import gpu
 from conftest import fixture_text
-
-
-class Scripted:
-    """run_command stand-in: answers by argv[1], records every call."""
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.calls = []
-
-    def __call__(self, argv):
-        self.calls.append(argv)
-        return self.answers[argv[1]]
+from scripted import Scripted
 
 
 def a100_host(sysfs):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
+from guard_config import guard_config
 from simulated_podman import WITH_SIMULATED_PODMAN, SimulatedPodman
 
 from metalab.host.guard.config import parse_config
@@ -23,33 +23,19 @@ SRC = str(Path(__file__).resolve().parents[3] / "src")
 
 
 def base_config(tmp: Path) -> Dict[str, Any]:
-    users = {}
-    for i, (name, gpu) in enumerate((("alice", True), ("bob", False), ("carol", True), ("dave", True))):
-        home = tmp / "home" / name
-        home.mkdir(parents=True)
-        users[name] = {"uid": 2001 + i, "gid": 2001 + i, "home": str(home), "gpu": gpu}
-    return {
-        "ledger": str(tmp / "state" / "ledger.sqlite"),
-        "lock": str(tmp / "run" / "guard.lock"),
-        "host": "lab1",
-        "log_file": str(tmp / "guard.log"),
-        "metrics_path": str(tmp / "metalab.prom"),
-        "lock_timeout": 5,
-        "drain_file": str(tmp / "drain"),  # never the machine's /etc/metalab/drain
-        "users": users,
-        "policy": {"limits": {"cpu": "12h", "gpu": "4h"}, "warnings": ["15m", "5m"]},
-        "runtime": {
-            "image": "localhost/metalab-runtime:test",
-            "resources": {"cpu": {"cpus": 4, "memory": "16g", "pids": 4096}, "gpu": {"cpus": 8, "memory": "32g"}},
-            "socket_root": str(tmp / "sockets"),
-            "frontdoor_group": grp.getgrgid(os.getgid()).gr_name,
-            "token_dir": str(tmp / "tokens"),
-            "socket_dir_size": "",  # no tmpfs mounts from unit tests (they run as root in make test)
-            "env_dir": str(tmp / "envdir"),
-            "env": {"HTTPS_PROXY": "http://proxy.example:3128"},
-            "gpus": [0, 1],
-        },
-    }
+    data = guard_config(tmp, (("alice", True), ("bob", False), ("carol", True), ("dave", True)), 2001)
+    data.update(
+        metrics_path=str(tmp / "metalab.prom"),
+        drain_file=str(tmp / "drain"),  # never the machine's /etc/metalab/drain
+    )
+    data["policy"]["warnings"] = ["15m", "5m"]
+    data["runtime"].update(
+        image="localhost/metalab-runtime:test",
+        resources={"cpu": {"cpus": 4, "memory": "16g", "pids": 4096}, "gpu": {"cpus": 8, "memory": "32g"}},
+        socket_dir_size="",  # no tmpfs mounts from unit tests (they run as root in make test)
+        env={"HTTPS_PROXY": "http://proxy.example:3128"},
+    )
+    return data
 
 
 class Env:

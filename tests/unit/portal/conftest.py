@@ -3,7 +3,6 @@ socket, and the Flask app (its test client) talking to that broker."""
 
 from __future__ import annotations
 
-import grp
 import json
 import os
 import re
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
 
 import pytest
+from guard_config import guard_config
 from simulated_podman import SimulatedPodman, use_simulated_podman
 
 from metalab.brokerapi.client import BrokerClient
@@ -32,27 +32,7 @@ CSRF = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 
 
 def guard_data(tmp: Path) -> Dict[str, Any]:
-    users = {}
-    for i, (name, gpu) in enumerate((("alice", True), ("bob", False), ("carol", True))):
-        home = tmp / "home" / name
-        home.mkdir(parents=True)
-        users[name] = {"uid": 3001 + i, "gid": 3001 + i, "home": str(home), "gpu": gpu}
-    return {
-        "ledger": str(tmp / "state" / "ledger.sqlite"),
-        "lock": str(tmp / "run" / "guard.lock"),
-        "host": "lab1",
-        "log_file": str(tmp / "guard.log"),
-        "lock_timeout": 5,
-        "users": users,
-        "policy": {"limits": {"cpu": "12h", "gpu": "4h"}},
-        "runtime": {
-            "socket_root": str(tmp / "sockets"),
-            "frontdoor_group": grp.getgrgid(os.getgid()).gr_name,
-            "token_dir": str(tmp / "tokens"),
-            "env_dir": str(tmp / "envdir"),
-            "gpus": [0, 1],
-        },
-    }
+    return guard_config(tmp, (("alice", True), ("bob", False), ("carol", True)), 3001)
 
 
 class LabEnv:

@@ -4,8 +4,6 @@ with the legitimate action through the same client."""
 
 from __future__ import annotations
 
-import fcntl
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -18,6 +16,7 @@ from metalab.brokerapi.client import BrokerError
 from metalab.host.broker import cli
 from metalab.host.broker.auth import AuthError, AuthStore, client_key
 from metalab.host.broker.config import BrokerConfigError, parse_config
+from metalab.host.guard.lock import GuardLock
 from metalab.portal.app import create_app
 from metalab.portal.forms import USER_PATTERN
 from metalab.portal.settings import Settings, SettingsError, parse_settings
@@ -32,15 +31,12 @@ def guard_lock_held(env: LabEnv) -> Iterator[None]:
     (up to the guard's lock_timeout, made long enough here for a loaded test machine)."""
     env.guard["lock_timeout"] = 60
     env.write_guard()
-    path = env.guard["lock"]
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    lock = GuardLock(env.guard["lock"])
+    assert lock.acquire(5)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        lock.release()
 
 
 def in_thread(fn: Any) -> Dict[str, Any]:

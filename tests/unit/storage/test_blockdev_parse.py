@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.metalab.lab.plugins.module_utils import blockdev
+from scripted import Scripted
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -115,21 +116,6 @@ def test_blkid_probe(out, expected):
 def test_lsblk_old_columns_detection():
     assert blockdev.lsblk_needs_old_columns("lsblk: unknown column: MOUNTPOINTS")
     assert not blockdev.lsblk_needs_old_columns("lsblk: permission denied")
-
-
-class Scripted:
-    """run_command stand-in answering by argv prefix; records calls."""
-
-    def __init__(self, answers):
-        self.answers = answers
-        self.calls = []
-
-    def __call__(self, argv):
-        self.calls.append(argv)
-        for prefix, answer in self.answers:
-            if argv[: len(prefix)] == prefix:
-                return answer
-        raise AssertionError("unexpected command " + repr(argv))
 
 
 def test_collect_falls_back_to_old_columns_and_blkid(tmp_path):

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
+from metalab.host.guard.files import read_json_config
 from metalab.host.guard.policy import parse_duration
 from metalab.rules import USER_NAME
 
@@ -137,13 +137,4 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> BrokerConfi
 
 def load_config(explicit: Optional[str] = None) -> BrokerConfig:
     path = explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise BrokerConfigError(f"config file {path} not found (set --config or {CONFIG_ENV})") from None
-    except json.JSONDecodeError as exc:
-        raise BrokerConfigError(f"config file {path}: invalid JSON: {exc}") from None
-    except OSError as exc:
-        raise BrokerConfigError(f"config file {path}: {exc.strerror}") from None
-    return parse_config(data, path)
+    return parse_config(read_json_config(path, BrokerConfigError, CONFIG_ENV), path)

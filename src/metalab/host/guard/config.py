@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
@@ -10,6 +9,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional
 
+from metalab.host.guard.files import read_json_config
 from metalab.host.guard.policy import KINDS, Policy, build_policy
 from metalab.rules import GUARD_CONFIG, USER_NAME
 
@@ -321,13 +321,4 @@ def config_path(explicit: Optional[str] = None) -> str:
 
 def load_config(explicit: Optional[str] = None) -> Config:
     path = config_path(explicit)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} not found (set --config or {CONFIG_ENV})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path}: invalid JSON: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
-    return parse_config(data, path)
+    return parse_config(read_json_config(path, ConfigError, CONFIG_ENV), path)

@@ -9,15 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import json
 import os
 import secrets
 import stat
 import subprocess
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 
 class FileError(Exception):
     pass
+
+
+def read_json_config(path: str, error: type, env_name: str) -> Any:
+    """The JSON of a configuration file, or ``error`` (an exception class) saying what is wrong with it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise error(f"config file {path} not found (set --config or {env_name})") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"config file {path}: invalid JSON: {exc}") from None
+    except OSError as exc:
+        raise error(f"config file {path}: {exc.strerror}") from None
 
 
 def _as_root() -> bool:

@@ -230,28 +230,42 @@ class Ledger:
         assert runtime is not None
         return runtime
 
-    def mark_running(self, runtime_id: int, now: float, actor: str, **detail: Any) -> bool:
+    def _transition(
+        self, sql: str, params: tuple, runtime_id: int, action: str, now: float, actor: str, detail: Dict[str, Any]
+    ) -> bool:
+        """Run one conditional UPDATE of a runtime's row; when it changed the row, record ``action`` in the same
+        transaction. False when the row was not in a state the UPDATE accepts."""
         with self.transaction() as cur:
-            cur.execute("UPDATE runtimes SET state = 'running' WHERE id = ? AND state = 'starting'", (runtime_id,))
+            cur.execute(sql, params)
             changed = cur.rowcount == 1
             if changed:
                 row = cur.execute("SELECT user FROM runtimes WHERE id = ?", (runtime_id,)).fetchone()
-                self._event(cur, now, runtime_id, row["user"], "started", actor, detail)
+                self._event(cur, now, runtime_id, row["user"], action, actor, detail)
         return changed
+
+    def mark_running(self, runtime_id: int, now: float, actor: str, **detail: Any) -> bool:
+        return self._transition(
+            "UPDATE runtimes SET state = 'running' WHERE id = ? AND state = 'starting'",
+            (runtime_id,),
+            runtime_id,
+            "started",
+            now,
+            actor,
+            detail,
+        )
 
     def mark_stopping(self, runtime_id: int, reason: str, now: float, actor: str) -> bool:
         """Phase one of a stop: record the reason. False if the row was already stopping or ended."""
-        with self.transaction() as cur:
-            cur.execute(
-                "UPDATE runtimes SET state = 'stopping', stop_reason = ?, stop_requested = ?"
-                " WHERE id = ? AND state IN ('starting', 'running')",
-                (reason, now, runtime_id),
-            )
-            changed = cur.rowcount == 1
-            if changed:
-                row = cur.execute("SELECT user FROM runtimes WHERE id = ?", (runtime_id,)).fetchone()
-                self._event(cur, now, runtime_id, row["user"], "stop-requested", actor, {"reason": reason})
-        return changed
+        return self._transition(
+            "UPDATE runtimes SET state = 'stopping', stop_reason = ?, stop_requested = ?"
+            " WHERE id = ? AND state IN ('starting', 'running')",
+            (reason, now, runtime_id),
+            runtime_id,
+            "stop-requested",
+            now,
+            actor,
+            {"reason": reason},
+        )
 
     def close_row(
         self, runtime_id: int, reason: Optional[str], ended: float, now: float, actor: str, **detail: Any
