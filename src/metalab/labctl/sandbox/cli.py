@@ -35,8 +35,16 @@ def cli() -> None:
 @click.option("--vm", "use_vm", is_flag=True, help="A qemu VM (real kernel, NVMe, quotas) instead of nspawn.")
 @click.option("--kind", "kind", default=None, help="nspawn or vm (same as --vm).")
 @click.option("--nvme-size", "nvme_sizes", multiple=True, help="Add an NVMe disk of this size (vm only; repeatable).")
+@click.option(
+    "--boot-timeout",
+    type=click.IntRange(1, 3600),
+    default=None,
+    help="Seconds to wait for its SSH to answer (default 120 nspawn, 480 vm); a sandbox that misses it is removed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the sandbox as one JSON object.")
-def up(name: str, use_vm: bool, kind: str | None, nvme_sizes: tuple[str, ...], as_json: bool) -> None:
+def up(
+    name: str, use_vm: bool, kind: str | None, nvme_sizes: tuple[str, ...], boot_timeout: int | None, as_json: bool
+) -> None:
     """Create and boot sandbox NAME (does nothing when it is already up)."""
     try:
         validate.name(name)
@@ -57,7 +65,10 @@ def up(name: str, use_vm: bool, kind: str | None, nvme_sizes: tuple[str, ...], a
             _DRIVERS[chosen].down(name)
             record = None
         if record is None:
-            record = nspawn.up(name) if chosen == "nspawn" else vm.up(name, sizes)
+            if chosen == "nspawn":
+                record = nspawn.up(name, boot_timeout or nspawn.BOOT_TIMEOUT)
+            else:
+                record = vm.up(name, sizes, boot_timeout or vm.BOOT_TIMEOUT)
     except SandboxError as error:
         _fail(error)
         return

@@ -22,6 +22,9 @@ PROXY_PORT = 3128
 MAX_INDEX = 250
 
 
+BOOT_TIMEOUT = 120  # seconds for its SSH to answer (labctl sandbox up --boot-timeout)
+
+
 def _addresses(index: int) -> tuple[str, str]:
     return f"10.213.{index}.1", f"10.213.{index}.2"
 
@@ -102,7 +105,7 @@ def _prepare_tree(directory: Path, name: str, index: int, key: Path) -> Path:
     return merged
 
 
-def up(name: str) -> dict[str, Any]:
+def up(name: str, boot_timeout: float = BOOT_TIMEOUT) -> dict[str, Any]:
     directory = state.sandbox_dir(name)
     with state.locked():
         index = _free_index()
@@ -141,7 +144,7 @@ def up(name: str) -> dict[str, Any]:
             argv,
             directory / "console.log",
             "systemd-nspawn",
-            ssh_timeout=120,
+            ssh_timeout=boot_timeout,
             netns=_netns(name),
             ansible_host=guest_ip,
             ansible_port=22,

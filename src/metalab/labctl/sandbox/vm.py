@@ -20,7 +20,10 @@ from metalab.labctl.sandbox.errors import SandboxError
 MEMORY_MB = 2048
 
 
-def up(name: str, nvme_sizes: list[int]) -> dict[str, Any]:
+BOOT_TIMEOUT = 480  # seconds for its SSH to answer (labctl sandbox up --boot-timeout); no KVM: 30-300 s
+
+
+def up(name: str, nvme_sizes: list[int], boot_timeout: float = BOOT_TIMEOUT) -> dict[str, Any]:
     directory = state.sandbox_dir(name)
     with state.locked():
         directory.mkdir(parents=True)
@@ -67,7 +70,7 @@ def up(name: str, nvme_sizes: list[int]) -> dict[str, Any]:
             argv,
             directory / "qemu.log",
             "qemu-system-x86_64",
-            ssh_timeout=300,
+            ssh_timeout=boot_timeout,
             ansible_host="127.0.0.1",
             ansible_port=port,
             ansible_user=rootfs.ADMIN_USER,
