@@ -90,7 +90,9 @@ def test_host_network_is_refused(tmp_path, network):
         parse_config(data)
 
 
-@pytest.mark.parametrize("arg", ["--privileged", "--network=host", "--cap-add=SYS_ADMIN", "--userns=keep-id"])
+@pytest.mark.parametrize(
+    "arg", ["--privileged", "--network=host", "--cap-add=SYS_ADMIN", "--userns=keep-id", "--group-add=0"]
+)
 def test_extra_args_cannot_weaken_isolation(tmp_path, arg):
     data = base_config(tmp_path)
     data["runtime"]["extra_args"] = [arg]
