@@ -10,8 +10,10 @@ is told that the GPUs are simulated. Everything is undone afterwards: nodes, spe
 Found here (Debian 12, podman 4.3.1, crun 1.8.1): the issue's fear, that a runtime cannot open its GPU because the
 node keeps the host's root:metalab-gpu 0660, does not hold. podman gives every device of a container started with
 --user UID:GID to that uid and gid (its OCI spec names them, with no mode, and crun creates such nodes 0666); the first
-test pins that, so that a podman that keeps the host's owner and mode fails there. What a simulated GPU cannot show:
-that CUDA works (no driver, no libraries, no nvidia-cdi-hook); docs/gpu.md.
+test pins that. A spec that names owner and mode (the CDI format allows it) makes podman keep them: for that case GPU
+runtimes get the device group as a supplementary group (guard.json runtime.gpu_groups, rendered by session_limits
+from the host), tested with such a spec. What a simulated GPU cannot show: that CUDA works (no driver, no libraries,
+no nvidia-cdi-hook); docs/gpu.md.
 """
 
 import json
@@ -57,7 +59,7 @@ def stop_all(host):
 
 @pytest.fixture(scope="module")
 def gpu_host(host):
-    """The sandbox as a two-GPU host."""
+    """The sandbox as a two-GPU host; yields the gid of the device group."""
     for name in NODES:
         if root(host, "test -e /dev/%s", name).rc == 0:
             requirement_missing(f"/dev/{name} exists on {host.backend.host}: not a GPU-less sandbox")
@@ -66,6 +68,7 @@ def gpu_host(host):
     created_group = root(host, "getent group %s", GROUP).rc != 0
     if created_group:
         ok(host, "groupadd --system %s", GROUP)  # what ansible.builtin.group (system: true) runs
+    gid = int(ok(host, "getent group %s", GROUP).split(":")[2])
     original = ok(host, "cat %s", GUARD)
     try:
         for name, (major, minor) in NODES.items():
@@ -76,11 +79,12 @@ def gpu_host(host):
         _session_limits(host, "-e", json.dumps({"session_limits_gpus": [0, 1]}))
         config = json.loads(ok(host, "cat %s", GUARD))
         assert config["runtime"]["gpus"] == [0, 1]
+        assert config["runtime"]["gpu_groups"] == [gid]  # read from the host by session_limits
         # alice gets GPU rights for these tests (bob has them in the inventory); dave only exists for the guard.
         config["users"]["alice"]["gpu"] = True
         config["users"]["dave"] = DAVE
         write_root_file(host, GUARD, json.dumps(config, indent=2))
-        yield
+        yield gid
     finally:
         stop_all(host)
         write_root_file(host, GUARD, original)
@@ -94,7 +98,7 @@ def gpu_host(host):
 @pytest.fixture
 def clean(host, gpu_host):
     stop_all(host)
-    yield
+    yield gpu_host
     stop_all(host)
 
 
@@ -135,8 +139,7 @@ def test_gpu_runtime_sees_exactly_one_gpu_and_she_can_open_it(host, clean):
     uid, gid = account(host, "alice")
     assert inside(host, "alice", "id -u").stdout.strip() == str(uid)
     # In the runtime she can: podman gives every device of a --user container to that uid and gid (the OCI spec it
-    # writes names them, with no mode; crun makes such nodes 0666). Should podman ever keep the host's owner and mode
-    # instead, this fails here first: the runtime would then need the device group (--group-add), see docs/gpu.md.
+    # writes names them, with no mode; crun makes such nodes 0666) unless the CDI spec names them (next test).
     owner = inside(host, "alice", "stat -c '%u:%g' /dev/nvidia0 /dev/nvidiactl /dev/nvidia-uvm").stdout.split()
     assert owner == [f"{uid}:{gid}"] * 3
     for node in ("nvidia0", "nvidiactl", "nvidia-uvm"):
@@ -144,6 +147,34 @@ def test_gpu_runtime_sees_exactly_one_gpu_and_she_can_open_it(host, clean):
         assert (opened.rc, opened.stdout.strip()) == (0, "opened"), f"/dev/{node}: {opened.stderr}"
     read = inside(host, "alice", "head -c 4 /dev/nvidia0 | od -An -tx1")
     assert read.stdout.split() == ["00", "00", "00", "00"], read.stderr
+    # Her JupyterLab and its kernels descend from PID 1: her uid and group, and the device group besides.
+    status = inside(host, "alice", "grep -E '^(Uid|Gid|Groups):' /proc/1/status").stdout.split("\n")
+    assert status[0].split()[1] == str(uid) and status[1].split()[1] == str(gid)
+    assert str(clean) in status[2].split()[1:]
+
+
+def test_a_gpu_node_that_keeps_the_hosts_owner_and_mode_opens_through_the_device_group(host, clean):
+    """A CDI spec may name a node's owner and mode (the CDI format allows it); podman then keeps them. Without the
+    device group she could not open it (root:metalab-gpu 0660); the runtime's processes can, a process without the
+    group cannot."""
+    keep = {"path": "/dev/nvidia0", "fileMode": 0o660, "uid": 0, "gid": clean}
+    spec = {"cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
+            "devices": [{"name": "0", "containerEdits": {"deviceNodes": [keep]}}],
+            "containerEdits": {"deviceNodes": [{"path": "/dev/nvidiactl"}]}}  # fmt: skip
+    write_root_file(host, CDI, json.dumps(spec), mode="0644")  # JSON is YAML
+    try:
+        started(host, "alice")
+        mode = root(host, "podman exec metalab-alice stat -c '%u:%g %a' /dev/nvidia0")
+        assert mode.stdout.strip() == f"0:{clean} 660", mode.stderr
+        # As the runtime's own processes run (podman exec without --user keeps the container's groups).
+        opened = root(host, "podman exec metalab-alice sh -c 'id -u; exec 3<>/dev/nvidia0 && echo opened'")
+        assert opened.stdout.split() == [str(account(host, "alice")[0]), "opened"], opened.stderr
+        # Her uid without the device group: refused, so the group is what opens it.
+        refused = inside(host, "alice", "exec 3<>/dev/nvidia0")
+        assert refused.rc != 0 and "Permission denied" in refused.stderr
+    finally:
+        stop_all(host)
+        write_root_file(host, CDI, SPEC.read_text(), mode="0644")
 
 
 def test_cpu_runtime_and_another_users_runtime_see_no_gpu(host, clean):
