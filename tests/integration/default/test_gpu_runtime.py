@@ -69,6 +69,7 @@ def gpu_host(host):
     if created_group:
         ok(host, "groupadd --system %s", GROUP)  # what ansible.builtin.group (system: true) runs
     gid = int(ok(host, "getent group %s", GROUP).split(":")[2])
+    created_cdi_dir = root(host, "test -d /etc/cdi").rc != 0
     original = ok(host, "cat %s", GUARD)
     try:
         for name, (major, minor) in NODES.items():
@@ -89,6 +90,8 @@ def gpu_host(host):
         stop_all(host)
         write_root_file(host, GUARD, original)
         root(host, "rm -f %s", CDI)
+        if created_cdi_dir:
+            root(host, "rmdir /etc/cdi")
         for name in NODES:
             root(host, "rm -f /dev/%s", name)
         if created_group:
