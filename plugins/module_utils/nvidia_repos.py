@@ -9,7 +9,7 @@ unit-tested against exact URLs and package names for every supported platform.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ansible_collections.metalab.lab.plugins.module_utils import rules
 
@@ -37,6 +37,9 @@ TOOLKIT_VERSIONS = {
     "debian12": "1.18.0-1",
     "amzn2023": "1.18.0-1",
 }
+# dnf's versionlock plugin (Amazon Linux 2023: python3-dnf-plugin-versionlock) and its lock list.
+DNF_VERSIONLOCK_PLUGIN = "python3-dnf-plugin-versionlock"
+DNF_VERSIONLOCK_LIST = "/etc/dnf/plugins/versionlock.list"
 TOOLKIT_PACKAGES = ("nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools",
                     "libnvidia-container1")  # fmt: skip
 
@@ -222,8 +225,23 @@ def toolkit_packages(platform: Dict[str, str], version: Optional[str] = None) ->
         "version": pinned,
         "packages": [f"{name}{sep}{pinned}" for name in TOOLKIT_PACKAGES],
         "names": list(TOOLKIT_PACKAGES),
+        # apt holds them with preferences (templates/etc/apt/preferences.d); dnf with its versionlock plugin.
+        "versionlock": dnf_versionlock(TOOLKIT_PACKAGES, pinned) if platform["family"] == "dnf" else [],
+        "versionlock_plugin": DNF_VERSIONLOCK_PLUGIN if platform["family"] == "dnf" else None,
+        "versionlock_list": DNF_VERSIONLOCK_LIST if platform["family"] == "dnf" else None,
         "warnings": warnings,
     }
+
+
+def dnf_versionlock(names: Sequence[str], version: str, epoch: int = 0) -> List[Dict[str, str]]:
+    """Lines of dnf's versionlock list that hold each package on one version (any architecture), in the form
+    `dnf versionlock add` writes (NAME-EPOCH:VERSION-RELEASE.*), with the pattern that finds an older lock of the
+    same package (replaced, never added to): a `dnf upgrade` then leaves the packages where the plan put them."""
+    if not re.match(r"^\d+\.\d+\.\d+(~rc\.\d+)?-\d+$", version):
+        raise ValueError(f"version must look like 1.18.0-1, not {version!r}")
+    return [
+        {"name": name, "line": f"{name}-{epoch}:{version}.*", "regexp": f"^{re.escape(name)}-[0-9]+:"} for name in names
+    ]
 
 
 def render_plan(

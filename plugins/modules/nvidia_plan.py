@@ -109,7 +109,9 @@ plan:
       description: Container toolkit repository.
       type: dict
     toolkit:
-      description: C(version), pinned C(packages), bare C(names), C(warnings).
+      description: >-
+        C(version), pinned C(packages), bare C(names), C(warnings); on dnf platforms C(versionlock)
+        (C(name), C(line), C(regexp) per package), C(versionlock_plugin) and C(versionlock_list).
       type: dict
 """
 

@@ -149,6 +149,18 @@ def test_pam_anchor_and_services_per_platform(platform):
     assert "nftables" in render("{{ __base_packages }}", platform=platform)
 
 
+@pytest.mark.parametrize(("platform", "service", "package"), [("Debian", "cron", "cron"), ("Ubuntu", "cron", "cron"),
+                                                              ("Amazon", "crond", "cronie")])  # fmt: skip
+def test_the_cron_daemon_is_installed_enabled_and_started(platform, service, package):
+    """metalab-guard runs from cron: on Amazon Linux 2023 cronie is installed but nothing enables or starts crond."""
+    assert render("{{ __base_cron_service }}", platform=platform) == service
+    assert package in render("{{ __base_packages }}", platform=platform)
+    tasks = DataLoader().load_from_file(str(ROLE / "tasks/packages.yml"))
+    [task] = [t for t in tasks if t.get("ansible.builtin.service", {}).get("name") == "{{ __base_cron_service }}"]
+    assert task["ansible.builtin.service"]["enabled"] is True
+    assert task["ansible.builtin.service"]["state"] == "started"
+
+
 def test_pam_paths_add_the_copy_of_a_vendor_systemd_user():
     found = {"files": [{"path": "/etc/pam.d/sshd"}, {"path": "/usr/lib/pam.d/systemd-user"}, {"path": "/etc/at.deny"}]}
     paths = render("{{ __base_pam_paths }}", __base_login_found=found)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from ansible_collections.metalab.lab.plugins.module_utils import nvidia_repos as repos
 
@@ -243,6 +245,38 @@ def test_toolkit_packages_pinned_per_platform(dist, version, expected):
     result = repos.toolkit_packages(repos.platform_id(dist, version, "x86_64"))
     assert result["packages"] == expected
     assert result["warnings"] == []
+
+
+def test_toolkit_versionlock_on_dnf_only():
+    """dnf keeps the pin through `dnf upgrade` with its versionlock plugin; apt platforms hold it with preferences."""
+    dnf = repos.toolkit_packages(repos.platform_id("Amazon", "2023", "x86_64"))
+    assert dnf["versionlock_plugin"] == "python3-dnf-plugin-versionlock"
+    assert dnf["versionlock_list"] == "/etc/dnf/plugins/versionlock.list"
+    assert [lock["line"] for lock in dnf["versionlock"]] == [
+        "nvidia-container-toolkit-0:1.18.0-1.*",
+        "nvidia-container-toolkit-base-0:1.18.0-1.*",
+        "libnvidia-container-tools-0:1.18.0-1.*",
+        "libnvidia-container1-0:1.18.0-1.*",
+    ]
+    apt = repos.toolkit_packages(repos.platform_id("Debian", "12", "x86_64"))
+    assert (apt["versionlock"], apt["versionlock_plugin"], apt["versionlock_list"]) == ([], None, None)
+
+
+def test_versionlock_regexp_replaces_an_older_lock_of_the_same_package_only():
+    locks = {lock["name"]: lock for lock in repos.dnf_versionlock(repos.TOOLKIT_PACKAGES, "1.18.1-1")}
+    listed = [
+        "nvidia-container-toolkit-0:1.17.8-1.*",
+        "nvidia-container-toolkit-base-0:1.17.8-1.*",
+        "libnvidia-container-tools-0:1.17.8-1.*",
+        "libnvidia-container1-0:1.17.8-1.*",
+        "kernel-0:6.1.115-126.197.amzn2023.*",
+    ]
+    for name, lock in locks.items():
+        hits = [line for line in listed if re.search(lock["regexp"], line)]
+        assert hits == [f"{name}-0:1.17.8-1.*"], (name, hits)
+        assert lock["line"] == f"{name}-0:1.18.1-1.*"
+    with pytest.raises(ValueError, match="1.18.0-1"):
+        repos.dnf_versionlock(["nvidia-container-toolkit"], "1.18")
 
 
 def test_toolkit_119_on_podman4_platform_warns():

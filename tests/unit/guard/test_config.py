@@ -18,7 +18,7 @@ def test_defaults(tmp_path):
     assert cfg.runtime.command == ["supervisord", "-n", "-c", "/etc/supervisor/supervisord.conf"]
     assert cfg.runtime.socket_root == "/run/metalab/sockets"
     assert cfg.runtime.token_dir == "/etc/metalab/tokens"
-    assert cfg.runtime.resource_limits is True and cfg.runtime.gpus == []
+    assert cfg.runtime.resource_limits is True and cfg.runtime.gpus == [] and cfg.runtime.gpu_groups == []
 
 
 def test_user_overrides_reach_the_user_policy(tmp_path):
@@ -38,6 +38,10 @@ def test_user_overrides_reach_the_user_policy(tmp_path):
         (lambda d: d["users"]["bob"].update(limits={"cpu": "1fortnight"}), r"users.bob: .*invalid duration"),
         (lambda d: d["runtime"].update(gpus=[0, 0]), "duplicate GPU"),
         (lambda d: d["runtime"].update(gpus=["0"]), "GPU indexes"),
+        (lambda d: d["runtime"].update(gpu_groups=[0]), r"runtime.gpu_groups: .*never root"),
+        (lambda d: d["runtime"].update(gpu_groups=["990"]), r"runtime.gpu_groups: .*group ids"),
+        (lambda d: d["runtime"].update(gpu_groups=[True]), r"runtime.gpu_groups: .*group ids"),
+        (lambda d: d["runtime"].update(gpu_groups=990), r"runtime.gpu_groups: .*group ids"),
         (lambda d: d["runtime"].update(engine="docker"), "unknown engine"),
         (lambda d: d["runtime"].update(env={"A": "x\ny"}), "one-line"),
         (lambda d: d["runtime"].update(socket_root="relative"), "absolute path"),

@@ -73,6 +73,21 @@ def test_run_argv_gpu_gets_exactly_its_cdi_device(tmp_path):
     assert "--cpus=8" in argv and not any(a.startswith("--pids-limit") for a in argv)
 
 
+def test_gpu_runtime_joins_the_device_group_and_a_cpu_runtime_does_not(tmp_path):
+    """Where a GPU node keeps the host's root:<device group> 0660 inside the runtime, she opens it through that
+    group, added to her own uid and primary group; a CPU runtime never gets it."""
+    eng = engine(tmp_path, gpu_groups=[990])
+    gpu = eng.run_argv(spec("gpu", 0))
+    assert [gpu[i + 1] for i, a in enumerate(gpu) if a == "--group-add"] == ["990"]
+    assert gpu[gpu.index("--user") + 1] == "2001:2001"
+    assert gpu.index("--group-add") < gpu.index("localhost/metalab-runtime:test")
+    assert "--group-add" not in eng.run_argv(spec())
+
+
+def test_gpu_runtime_without_a_device_group_adds_none(tmp_path):
+    assert "--group-add" not in engine(tmp_path).run_argv(spec("gpu", 0))
+
+
 def test_resource_limits_off_and_extra_args_for_a_sandbox(tmp_path):
     extra = ["--cgroups=disabled", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
     argv = engine(tmp_path, resource_limits=False, extra_args=extra, network="none").run_argv(spec())
@@ -90,7 +105,9 @@ def test_host_network_is_refused(tmp_path, network):
         parse_config(data)
 
 
-@pytest.mark.parametrize("arg", ["--privileged", "--network=host", "--cap-add=SYS_ADMIN", "--userns=keep-id"])
+@pytest.mark.parametrize(
+    "arg", ["--privileged", "--network=host", "--cap-add=SYS_ADMIN", "--userns=keep-id", "--group-add=0"]
+)
 def test_extra_args_cannot_weaken_isolation(tmp_path, arg):
     data = base_config(tmp_path)
     data["runtime"]["extra_args"] = [arg]

@@ -97,6 +97,9 @@ class RuntimeConfig:
     env_dir: str = "/run/metalab/env"
     env: Dict[str, str] = field(default_factory=dict)
     gpus: List[int] = field(default_factory=list)
+    # Supplementary groups of GPU runtimes only: the group of the driver's device nodes (roles/nvidia_driver), for a
+    # node that keeps the host's owner and mode inside the runtime (a CDI spec that names them). See docs/gpu.md.
+    gpu_groups: List[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,12 @@ def _runtime(raw: Any) -> RuntimeConfig:
         f"runtime.gpus: expected a list of GPU indexes, got {gpus!r}",
     )
     _expect(len(set(gpus)) == len(gpus), f"runtime.gpus: duplicate GPU index in {gpus!r}")
+    gpu_groups = raw.get("gpu_groups", []) or []
+    _expect(
+        isinstance(gpu_groups, list) and all(isinstance(g, int) and not isinstance(g, bool) for g in gpu_groups),
+        f"runtime.gpu_groups: expected a list of group ids, got {gpu_groups!r}",
+    )
+    _expect(all(g > 0 for g in gpu_groups), f"runtime.gpu_groups: {gpu_groups!r}: never root's group (0)")
     grace = raw.get("grace_seconds", base.grace_seconds)
     _expect(isinstance(grace, int) and grace >= 0, f"runtime.grace_seconds: expected seconds, got {grace!r}")
     limits = raw.get("resource_limits", True)
@@ -270,6 +279,7 @@ def _runtime(raw: Any) -> RuntimeConfig:
         token_env=str(token_env),
         env={str(k): str(v) for k, v in env.items()},
         gpus=sorted(gpus),
+        gpu_groups=sorted(set(gpu_groups)),
         **paths,
     )
 

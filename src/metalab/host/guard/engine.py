@@ -142,6 +142,10 @@ class PodmanEngine:
                     argv.append(f"--pids-limit={res.pids}")
         if spec.gpu is not None:
             argv += ["--device", f"nvidia.com/gpu={spec.gpu}"]
+            # Her uid and primary group stay; the device group only lets her open the GPU nodes where they keep the
+            # host's root:<group> 0660 (podman otherwise gives a --user container's devices to that user).
+            for gid in cfg.gpu_groups:
+                argv += ["--group-add", str(gid)]
         argv += list(cfg.extra_args)
         argv += [
             "-v",
