@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SPEC = Path(__file__).resolve().parent / "fixtures" / "cdi-nvidia-2gpu.yaml"
 CDI = "/etc/cdi/nvidia.yaml"
 GUARD = "/etc/metalab/guard.json"
-GROUP = "metalab-gpu"  # roles/nvidia_driver: nvidia_driver_device_group
+GROUP = "metalab-gpu"  # lab_gpu_device_group (roles/common), the group the nvidia_driver role gives the nodes
 # name -> (major, minor) of an always-present device: the GPUs are /dev/zero (reads give bytes), the rest /dev/null.
 NODES = {
     "nvidia0": (1, 5),
