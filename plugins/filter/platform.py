@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.metalab.lab.plugins.module_utils.rules import platform_problem as _problem
+from ansible_collections.metalab.lab.plugins.module_utils.rules import podman_cdi_problem as _cdi_problem
 
 DOCUMENTATION = r"""
 name: platform_problem
@@ -69,6 +70,15 @@ def platform_vars_files(roles_dir, facts) -> list:
     return found
 
 
+def podman_cdi_problem(version_output) -> str:
+    """Why GPU runtimes cannot work with this podman (`podman --version`'s output), or '' when they can."""
+    return _cdi_problem(str(version_output)) or ""
+
+
 class FilterModule:
     def filters(self):
-        return {"platform_problem": platform_problem, "platform_vars_files": platform_vars_files}
+        return {
+            "platform_problem": platform_problem,
+            "platform_vars_files": platform_vars_files,
+            "podman_cdi_problem": podman_cdi_problem,
+        }

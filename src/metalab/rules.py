@@ -328,6 +328,28 @@ def platform_problem(distribution: str, major_version: str, version: str = "") -
     return f"{distribution} {version or major_version} is not supported by metalab; supported: {PLATFORMS_HELP}"
 
 
+# GPU runtimes get their GPU through CDI (--device nvidia.com/gpu=N); podman reads CDI specs from 4.1 on.
+CDI_MIN_PODMAN = (4, 1)
+_PODMAN_VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+CDI_WAY_OUT = (
+    "use Ubuntu 24.04 (podman 4.9) or install podman >= 4.1 from another source, or keep the host CPU-only "
+    "(nvidia_container_toolkit_enabled: false and session_limits_gpus: [])"
+)
+
+
+def podman_cdi_problem(version_output: str) -> Optional[str]:
+    """None when this podman (`podman --version`'s output) can give a runtime a GPU by CDI, else why not."""
+    found = _PODMAN_VERSION.search(version_output or "")
+    if found is None:
+        return f"cannot read podman's version from {version_output.strip()!r}: GPU runtimes need podman >= 4.1 (CDI)"
+    if (int(found.group(1)), int(found.group(2))) >= CDI_MIN_PODMAN:
+        return None
+    return (
+        f"podman {found.group(0)} has no CDI support and GPU runtimes need it (podman >= 4.1): "
+        f"no GPU runtime could start; {CDI_WAY_OUT}"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The lab_users list, resolved: validated and normalised once, then read by every role, template and tool.
 
