@@ -47,7 +47,8 @@ def test_no_rule_for_the_root():
 @pytest.mark.parametrize(
     ("listing", "path", "argv"),
     [
-        ("", "/srv/metalab/homes", ["semanage", "fcontext", "-a", "-t", "container_file_t", "/srv/metalab/homes(/.*)?"]),
+        ("", "/srv/metalab/homes",
+         ["semanage", "fcontext", "-a", "-t", "container_file_t", "/srv/metalab/homes(/.*)?"]),
         (LISTING, "/srv/metalab/homes", None),
         (LISTING, "/opt/data", ["semanage", "fcontext", "-m", "-t", "container_file_t", "/opt/data(/.*)?"]),
         (LISTING, "/run/metalab/sockets",
