@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible.errors import AnsibleFilterError
-from ansible_collections.metalab.lab.plugins.filter.platform import FilterModule, platform_problem, platform_vars_files
+from ansible_collections.metalab.lab.plugins.filter.platform import (
+    FilterModule,
+    platform_problem,
+    platform_vars_files,
+    podman_cdi_problem,
+)
 from ansible_collections.metalab.lab.plugins.module_utils import rules
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -72,6 +77,7 @@ def test_filters_are_registered_under_their_names():
     assert FilterModule().filters() == {
         "platform_problem": platform_problem,
         "platform_vars_files": platform_vars_files,
+        "podman_cdi_problem": podman_cdi_problem,
     }
 
 
