@@ -100,6 +100,9 @@ class RuntimeConfig:
     # Supplementary groups of GPU runtimes only: the group of the driver's device nodes (roles/nvidia_driver), for a
     # node that keeps the host's owner and mode inside the runtime (a CDI spec that names them). See docs/gpu.md.
     gpu_groups: List[int] = field(default_factory=list)
+    # SELinux hosts (roles: lab_selinux_enabled): each user's runtimes at one MCS level of her own, socket tmpfs
+    # labelled container_file_t. See docs/selinux.md.
+    selinux: bool = False
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,8 @@ def _runtime(raw: Any) -> RuntimeConfig:
     _expect(isinstance(grace, int) and grace >= 0, f"runtime.grace_seconds: expected seconds, got {grace!r}")
     limits = raw.get("resource_limits", True)
     _expect(isinstance(limits, bool), "runtime.resource_limits: expected true or false")
+    selinux = raw.get("selinux", False)
+    _expect(isinstance(selinux, bool), "runtime.selinux: expected true or false")
     token_env = raw.get("token_env", base.token_env)
     _expect(bool(ENV_NAME.fullmatch(str(token_env))), f"runtime.token_env: invalid variable name {token_env!r}")
     paths = {}
@@ -280,6 +285,7 @@ def _runtime(raw: Any) -> RuntimeConfig:
         env={str(k): str(v) for k, v in env.items()},
         gpus=sorted(gpus),
         gpu_groups=sorted(set(gpu_groups)),
+        selinux=selinux,
         **paths,
     )
 

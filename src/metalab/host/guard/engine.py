@@ -15,6 +15,8 @@ from metalab.host.guard.config import RuntimeConfig
 
 CONTAINER_HOME = "/home/studio-lab-user"
 CONTAINER_SOCKDIR = "/run/lab"
+# SELinux's MCS categories (c0..c1023): a runtime's level is a pair of them.
+MCS_CATEGORIES = 1024
 HOSTNAME = "studio-lab"
 LABEL_USER = "metalab.user"
 LABEL_KIND = "metalab.kind"
@@ -97,6 +99,18 @@ class PodmanEngine:
     def _run(self, argv: List[str], timeout: float = 60.0) -> Result:
         return self.runner([self.cfg.podman, *argv], timeout)
 
+    @staticmethod
+    def selinux_level(uid: int) -> str:
+        """One MCS level per lab account, the same at every start: podman would pick a new pair of categories for
+        each container, and the files she writes in her home (which get the writer's level) would be out of reach
+        of her next runtime. Distinct for up to 523,776 accounts (every pair c_a,c_b with a < b)."""
+        index = (uid - 1000) % (MCS_CATEGORIES * (MCS_CATEGORIES - 1) // 2)
+        first = 0
+        while index >= MCS_CATEGORIES - 1 - first:
+            index -= MCS_CATEGORIES - 1 - first
+            first += 1
+        return f"s0:c{first},c{first + 1 + index}"
+
     def run_argv(self, spec: ContainerSpec) -> List[str]:
         """The ``podman run`` argv (without the podman binary). Secrets only travel in the env file."""
         cfg = self.cfg
@@ -122,6 +136,8 @@ class PodmanEngine:
             "--security-opt",
             "no-new-privileges",
         ]
+        if cfg.selinux:
+            argv += ["--security-opt", f"label=level:{self.selinux_level(spec.uid)}"]
         if cfg.read_only:
             # Nothing she writes outside her home lands on the host's disks: the image is read-only, scratch space is
             # size-limited tmpfs (memory, counted in the runtime's memory limit where cgroups enforce one).

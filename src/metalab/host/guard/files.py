@@ -110,12 +110,19 @@ def ensure_socket_dir(socket_root: str, user: str, uid: int, frontdoor_gid: int)
     return path
 
 
-def mount_socket_tmpfs(path: str, uid: int, gid: int, size: str) -> None:
+def socket_tmpfs_options(uid: int, gid: int, size: str, selinux: bool = False) -> str:
+    """The socket tmpfs's mount options; on SELinux hosts labelled container_file_t (s0: her runtime, at her own
+    categories, may write there, and nginx may reach the socket), since a new tmpfs would be tmpfs_t."""
+    options = f"size={size},nr_inodes=64,mode=0750,uid={uid},gid={gid},nosuid,nodev,noexec"
+    return options + (",context=system_u:object_r:container_file_t:s0" if selinux else "")
+
+
+def mount_socket_tmpfs(path: str, uid: int, gid: int, size: str, selinux: bool = False) -> None:
     """Put the socket directory on its own small tmpfs (root only): what the runtime writes there cannot fill the
     host's /run, which every service shares. Nothing happens when it is mounted already."""
     if not size or not _as_root() or os.path.ismount(path):
         return
-    options = f"size={size},nr_inodes=64,mode=0750,uid={uid},gid={gid},nosuid,nodev,noexec"
+    options = socket_tmpfs_options(uid, gid, size, selinux)
     proc = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", options, "metalab-socket", path],
         capture_output=True, text=True, check=False, timeout=30,

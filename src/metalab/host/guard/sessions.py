@@ -270,7 +270,7 @@ class Lab:
             token = files.new_token(rt.token_dir, user.name)  # a new token at every start
             frontdoor_gid = files.group_id(rt.frontdoor_group)
             sockdir = files.ensure_socket_dir(rt.socket_root, user.name, user.uid, frontdoor_gid)
-            files.mount_socket_tmpfs(sockdir, user.uid, frontdoor_gid, rt.socket_dir_size)
+            files.mount_socket_tmpfs(sockdir, user.uid, frontdoor_gid, rt.socket_dir_size, rt.selinux)
             env = dict(rt.env)
             # METALAB_USER: the runtime serves JupyterLab under the front door's /user/<name>/ (its base_url).
             env.update(
