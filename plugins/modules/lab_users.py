@@ -9,7 +9,7 @@ module: lab_users
 short_description: Reconcile all lab users (host accounts, homes, disk quotas) in one call
 description:
   - Takes the lab users as resolved on the controller (the fact C(lab_users_resolved) that
-    M(metalab.lab.resolve_lab_users) sets after validating the whole list): it does not validate or derive them
+    M(metalab.lab.resolve_lab_users) sets after validating the whole list), and does not validate or derive them
     again.
   - Reads the host once (C(getent passwd), C(getent group), the quota report), plans additions, changes and
     removals, and acts only outside check mode.
