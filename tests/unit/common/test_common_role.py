@@ -3,14 +3,12 @@ variables and gets the proxy environment (one ansible-playbook run on the contro
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict
 
 import pytest
+from local_play import reports, run_local_play
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -71,20 +69,9 @@ PLAYBOOK = """
 @pytest.fixture(scope="module")
 def play(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, dict]:
     tmp = tmp_path_factory.mktemp("common")
-    (tmp / "inventory.json").write_text(json.dumps(INVENTORY))
-    (tmp / "play.yml").write_text(PLAYBOOK)
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_CACHE_PLUGIN="memory",  # the faked facts must not reach the fact cache
-        ANSIBLE_LOCAL_TEMP=str(tmp / "tmp"),
-    )
-    done = subprocess.run(
-        ["ansible-playbook", "-i", str(tmp / "inventory.json"), "-e", f"out={tmp}", str(tmp / "play.yml")],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=False, timeout=300,
-    )  # fmt: skip
+    done = run_local_play(tmp, INVENTORY, PLAYBOOK)
     assert done.returncode == 0, done.stdout + done.stderr
-    return {host: json.loads((tmp / f"{host}.json").read_text()) for host in INVENTORY["all"]["hosts"]}
+    return reports(tmp, INVENTORY["all"]["hosts"])
 
 
 def failure(result: dict) -> str:

@@ -6,15 +6,13 @@ host (no GPUs for runtimes) never asks podman anything. The play runs on the con
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from ansible_collections.metalab.lab.plugins.filter.platform import FilterModule
 from ansible_collections.metalab.lab.plugins.module_utils import rules
+from local_play import reports, run_local_play
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -98,20 +96,9 @@ def play(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "hosts": hosts,
         }
     }
-    (tmp / "inventory.json").write_text(json.dumps(inventory))
-    (tmp / "play.yml").write_text(PLAYBOOK)
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_CACHE_PLUGIN="memory",  # the faked facts must not reach the fact cache
-        ANSIBLE_LOCAL_TEMP=str(tmp / "tmp"),
-    )
-    done = subprocess.run(
-        ["ansible-playbook", "-i", str(tmp / "inventory.json"), "-e", f"out={tmp}", str(tmp / "play.yml")],
-        capture_output=True, text=True, env=env, cwd=ROOT, check=False, timeout=300,
-    )  # fmt: skip
+    done = run_local_play(tmp, inventory, PLAYBOOK)
     assert done.returncode == 0, done.stdout + done.stderr
-    return {host: json.loads((tmp / f"{host}.json").read_text()) for host in hosts}
+    return reports(tmp, hosts)
 
 
 def test_a_gpu_host_with_podman_3_4_is_refused_at_preflight(play):

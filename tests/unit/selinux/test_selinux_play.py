@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from local_play import run_local_play
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -101,22 +101,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory):
             "hosts": {name: {"fake_selinux": facts} for name, facts in HOSTS.items()},
         }
     }
-    (tmp / "inventory.json").write_text(json.dumps(inventory))
-    (tmp / "play.yml").write_text(PLAYBOOK)
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_CACHE_PLUGIN="memory",  # the faked facts must not reach the fact cache
-        ANSIBLE_LOCAL_TEMP=str(tmp / "tmp"),
-        PATH=f"{bin_dir}:{os.environ['PATH']}",
-        STATE=str(state),
-    )
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "STATE": str(state)}
     done = []
     for _ in range(2):
-        run = subprocess.run(
-            ["ansible-playbook", "-i", str(tmp / "inventory.json"), "-e", f"out={tmp}", str(tmp / "play.yml")],
-            capture_output=True, text=True, env=env, cwd=ROOT, check=False, timeout=300,
-        )  # fmt: skip
+        run = run_local_play(tmp, inventory, PLAYBOOK, env)
         assert run.returncode == 0, run.stdout + run.stderr
         done.append(run.stdout)
         (state / f"log.{len(done)}").write_text((state / "log").read_text() if (state / "log").exists() else "")
