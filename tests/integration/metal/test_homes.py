@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from metalab.rules import validate_users
+
 HOMES = "/srv/metalab/homes"
 QUOTAS_MB = {"alice": 20, "bob": 30, "carol": 40}
 
@@ -86,10 +88,12 @@ def test_removing_a_user_archives_the_home_first(host):
         f"runuser -u lab-dave -- sh -c 'mkdir -p {HOMES}/dave/work && echo notebook > {HOMES}/dave/work/a.ipynb'"
     )
     listing_before = host.check_output(f"cd {HOMES}/dave && find . -type f -exec sha256sum {{}} + | sort")
+    # The module takes the users as the play resolves them on the controller (metalab.lab.resolve_lab_users).
+    resolved = validate_users([{"name": "dave", "state": "absent"}], homes_root=HOMES)
+    assert resolved["errors"] == []
     result = host.ansible(
         "metalab.lab.lab_users",
-        json.dumps({"users": [{"name": "dave", "state": "absent"}], "homes_root": HOMES,
-                    "quota_backend": "xfs", "quota_mount": HOMES}),
+        json.dumps({"users": resolved["users"], "homes_root": HOMES, "quota_backend": "xfs", "quota_mount": HOMES}),
         become=True,
         check=False,
     )  # fmt: skip
