@@ -89,3 +89,15 @@ def playbook(
     env = {**(os.environ if environ is None else environ), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
     env["ANSIBLE_NOCOLOR"] = "1"
     return subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False, cwd=REPO, env=env)
+
+
+def failures(run: subprocess.CompletedProcess[str]) -> str:
+    """What to show when a playbook run failed: each failed task (its TASK line and the fatal/failed lines after it,
+    wherever it is in the output), then the end of the output and of stderr."""
+    lines = run.stdout.splitlines()
+    shown = []
+    for i, line in enumerate(lines):
+        if line.startswith(("fatal:", "failed:")) or "FAILED!" in line:
+            task = next((lines[j] for j in range(i, -1, -1) if lines[j].startswith("TASK [")), "")
+            shown += [task, *lines[i : i + 12], ""]
+    return "\n".join(shown) + "\n--- end of the output ---\n" + run.stdout[-3000:] + run.stderr[-2000:]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import labctl, playbook, recap, ssh, up
+from conftest import failures, labctl, playbook, recap, ssh, up
 
 NAME = "bad1"
 TAGS = "base,storage,lab_users,session_limits"
@@ -108,7 +108,7 @@ def test_fresh_host_is_not_touched_by_bad_input(host, tmp_path):
 def test_converged_host_keeps_users_and_data_when_input_is_bad(host, tmp_path):
     record, sandboxes = host
     converge = _site(sandboxes, GOOD, tmp_path)
-    assert converge.returncode == 0, converge.stdout[-3000:] + converge.stderr[-2000:]
+    assert converge.returncode == 0, failures(converge)
     assert ssh(record, "echo notes | sudo tee /srv/metalab/homes/bob/notes.txt >/dev/null").returncode == 0
 
     # bob removed and alice's quota raised in the same list as a bad entry: nothing of it may happen.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import LABCTL, labctl, playbook, recap, ssh, up
+from conftest import LABCTL, failures, labctl, playbook, recap, ssh, up
 
 from metalab.labctl import runner
 
@@ -84,7 +84,7 @@ def lab(state_dir, tmp_path_factory):
         since = time.time()
         first = _playbook(path)
         until = time.time()
-        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+        assert first.returncode == 0, failures(first)
         assert recap(first.stdout)[NAME]["failed"] == 0
         yield {"record": record, "inventory": path, "tmp": tmp, "converged": (since, until)}
     finally:
@@ -101,7 +101,7 @@ def test_converge_went_through_mitogen(lab):
 def test_second_run_changes_nothing(lab):
     since = time.time()
     result = _playbook(lab["inventory"])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.returncode == 0, failures(result)
     totals = recap(result.stdout)[NAME]
     assert totals["changed"] == 0 and totals["failed"] == 0, totals
     _assert_through_mitogen(lab["record"], since, time.time())
@@ -114,7 +114,7 @@ def test_labctl_check_run_with_mitogen_changes_nothing(lab):
     argv = [LABCTL, "provision", "--mitogen", "--check", "--plain", "--tags", TAGS, "-i", str(lab["inventory"])]
     since = time.time()
     result = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert result.returncode == 0, failures(result)
     assert "(check mode: nothing changes) with Mitogen" in result.stdout
     assert f"  {NAME} status=ok " in result.stdout and " changed=0 " in result.stdout, result.stdout[-2000:]
     _assert_through_mitogen(lab["record"], since, time.time())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 import yaml
-from conftest import REPO, labctl, playbook, recap, ssh, up
+from conftest import REPO, failures, labctl, playbook, recap, ssh, up
 
 NAMES = ["bm1", "bm2", "bm3"]
 TAGS = "base,storage,lab_users,session_limits"
@@ -42,7 +42,7 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
         lab = tmp_path / "lab.yml"
         lab.write_text(json.dumps({"all": {"vars": LAB_VARS}}))
         converge = playbook("site.yml", sandboxes, lab, tags=TAGS)
-        assert converge.returncode == 0, converge.stdout[-3000:] + converge.stderr[-2000:]
+        assert converge.returncode == 0, failures(converge)
 
         # The update adds dave everywhere; bm2's host vars ask for a package no mirror has (the injected failure:
         # the base role's package install fails, after the drain).
