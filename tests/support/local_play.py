@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
+# The last task of such a play: each host's ``report`` fact, as JSON, where reports() reads it.
+WRITE_REPORT = """\
+    - name: Write the report
+      ansible.builtin.copy:
+        content: "{{ report | to_json }}"
+        dest: "{{ out }}/{{ inventory_hostname }}.json"
+        mode: "0644"
+"""
 
 
 def run_local_play(

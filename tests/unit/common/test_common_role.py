@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-from local_play import reports, run_local_play
+from local_play import WRITE_REPORT, reports, run_local_play
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -27,7 +27,8 @@ INVENTORY = {
 }
 
 # The way playbooks/tasks/check_settings.yml uses a role before the roles run: one task file of it, alone.
-PLAYBOOK = """
+PLAYBOOK = (
+    """
 - name: A role's validation alone, on faked platforms
   hosts: all
   gather_facts: false
@@ -58,12 +59,9 @@ PLAYBOOK = """
             report:
               failed_task: "{{ ansible_failed_task.name }}"
               msg: "{{ ansible_failed_result.msg }}"
-    - name: Write the report
-      ansible.builtin.copy:
-        content: "{{ report | to_json }}"
-        dest: "{{ out }}/{{ inventory_hostname }}.json"
-        mode: "0644"
 """
+    + WRITE_REPORT
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ansible_collections.metalab.lab.plugins.filter.platform import FilterModule
 from ansible_collections.metalab.lab.plugins.module_utils import rules
-from local_play import reports, run_local_play
+from local_play import WRITE_REPORT, reports, run_local_play
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -45,7 +45,8 @@ def test_the_minimum_is_the_one_docs_gpu_names():
     assert "podman < 4.1" in (ROOT / "docs" / "gpu.md").read_text()
 
 
-PLAYBOOK = """
+PLAYBOOK = (
+    """
 - name: session_limits' preflight alone, with a fake podman
   hosts: all
   gather_facts: false
@@ -72,12 +73,9 @@ PLAYBOOK = """
         - name: Report the failure
           ansible.builtin.set_fact:
             report: {failed_task: "{{ ansible_failed_task.name }}", msg: "{{ ansible_failed_result.msg }}"}
-    - name: Write the report
-      ansible.builtin.copy:
-        content: "{{ report | to_json }}"
-        dest: "{{ out }}/{{ inventory_hostname }}.json"
-        mode: "0644"
 """
+    + WRITE_REPORT
+)
 
 
 @pytest.fixture(scope="module")
