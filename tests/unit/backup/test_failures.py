@@ -42,7 +42,10 @@ def test_missing_repository_is_named_and_shown_in_status_and_metrics(lab: Lab) -
     prom = (lab.root / "metrics" / "metalab-backup.prom").read_text()
     assert 'metalab_backup_failing{host="lab1"} 1' in prom and 'metalab_backup_stale{host="lab1"} 1' in prom
 
+    code, out = lab.cli("init")  # what the backup role runs: makes a missing repository, once
+    assert code == 0 and out["initialized"] is True
     lab.set_config(repository=str(lab.repo))
+    assert lab.cli("init") == (0, {"initialized": False, "repository": str(lab.repo)})
     assert lab.cli("run")[0] == 0
     assert lab.cli("check")[0] == 0
     prom = (lab.root / "metrics" / "metalab-backup.prom").read_text()

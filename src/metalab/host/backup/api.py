@@ -15,7 +15,34 @@ from metalab.host.backup.config import Config, load_config
 from metalab.host.backup.errors import BackupError
 from metalab.host.backup.restic import Restic
 
-__all__ = ["BackupError", "Config", "load_config", "run", "check", "status", "snapshots", "restore", "restore_host"]
+__all__ = [
+    "BackupError",
+    "Config",
+    "load_config",
+    "init",
+    "run",
+    "check",
+    "status",
+    "snapshots",
+    "restore",
+    "restore_host",
+]
+
+
+def init(cfg: Config) -> Dict[str, Any]:
+    """Initialise the repository when it does not exist yet: {"initialized": true} only when it did."""
+    restic = Restic(cfg, timeout=600)
+    try:
+        restic.run(["cat", "config"])
+        return {"initialized": False, "repository": cfg.public_repository()}
+    except BackupError as exc:
+        if "does not exist" not in exc.message:
+            raise catalog.recorded(cfg, "init", time.time(), exc) from None
+    try:
+        restic.run(["init"])
+    except BackupError as exc:
+        raise catalog.recorded(cfg, "init", time.time(), exc) from None
+    return {"initialized": True, "repository": cfg.public_repository()}
 
 
 def run(cfg: Config, now: Optional[float] = None) -> Dict[str, Any]:

@@ -1,5 +1,7 @@
 """metalab-backup: restic backups of this lab host's homes, and restores that never overwrite.
 
+Commands: init, run, check, status [--prometheus], snapshots USER, restore USER, restore-host (docs/operations.md).
+
 Exit codes: 0 ok, 1 failure (repository unreachable or missing, wrong password, full target), 2 bad input (unknown
 user, bad path or snapshot), 3 refused (nothing changed: quota, a non-empty home), 75 busy (another backup runs).
 """
@@ -23,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser = argparse.ArgumentParser(prog="metalab-backup", description=__doc__.splitlines()[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init", parents=[common], help="initialise the repository unless it exists")
     sub.add_parser("run", parents=[common], help="back up the homes now, then apply the retention policy")
     sub.add_parser("check", parents=[common], help="check the repository (restic check)")
     p = sub.add_parser("status", parents=[common], help="last snapshot, age, last check, last error")
@@ -55,6 +58,8 @@ def _human(command: str, result: Any) -> str:
         return "\n".join(lines)
     if command == "snapshots":
         return "\n".join(f"{s['short_id']}  {s['time']}" for s in result["snapshots"]) or "no snapshots"
+    if command == "init":
+        return ("initialised " if result["initialized"] else "already initialised: ") + result["repository"]
     if command == "run":
         s = result["snapshot"]
         return f"snapshot {s['id'][:8]}: {result['files']} files, {s['size_bytes']} bytes ({result['added_bytes']} new)"
@@ -71,6 +76,8 @@ def dispatch(args: argparse.Namespace) -> Any:
         cfg = api.load_config(args.config)
         return state.prometheus(cfg, time.time())
     cfg = api.load_config(args.config)
+    if args.command == "init":
+        return api.init(cfg)
     if args.command == "run":
         return api.run(cfg)
     if args.command == "check":
