@@ -83,8 +83,12 @@ def plugin_names(root: Path) -> Set[str]:
     return {p.stem for p in root.glob("plugins/*/*.py")}
 
 
+# Inventory groups the playbooks and roles name (hosts: lab_backup_target): documented with their role, not variables.
+INVENTORY_GROUPS = {"lab_backup_target"}
+
+
 def test_every_public_variable_read_is_documented(documented):
-    exempt = published(ROOT) | plugin_names(ROOT)
+    exempt = published(ROOT) | plugin_names(ROOT) | INVENTORY_GROUPS
     missing = {name: sorted(files) for name, files in read_public(ROOT).items() if name not in set(documented) | exempt}
     assert missing == {}, (
         "read by roles or playbooks but in no role's meta/argument_specs.yml (document it in the spec of the role "
