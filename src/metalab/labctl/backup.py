@@ -244,8 +244,10 @@ def run_cmd(host: str | None, inventory: str | None) -> None:
     for name, a in sorted(answers.items()):
         if a.rc == 0:
             data = a.data if isinstance(a.data, dict) else {}
-            snap = data.get("snapshot") or data.get("snapshot_id") or data.get("id") or ""
-            click.echo(f"{name}: backed up" + (f", snapshot {str(snap)[:8]}" if snap else ""))
+            found = data.get("snapshot")
+            snap: dict[str, Any] = found if isinstance(found, dict) else {}
+            size = f", {rules.human_size(int(snap['size_bytes']))}" if snap.get("size_bytes") is not None else ""
+            click.echo(f"{name}: backed up, snapshot {str(snap.get('id', '?'))[:8]}{size}")
     click.echo(f"({time.monotonic() - started:.0f}s)", err=True)
     _fail(answers)
 
@@ -263,12 +265,19 @@ def restore_host_cmd(host: str, snapshot: str | None, inventory: str | None) -> 
     _fail(answers)
     a = next(iter(answers.values()))
     data = a.data if isinstance(a.data, dict) else {}
-    click.echo(f"{a.host}: restored " + (json.dumps(data, sort_keys=True) if data else "every home"))
+    homes = ", ".join(data.get("homes") or []) or "no home"
+    click.echo(f"{a.host}: restored {homes} from snapshot {str(data.get('snapshot', '?'))[:8]}")
+
+
+def _snapshots(data: Any) -> list[Any]:
+    """The snapshots of `metalab-backup snapshots USER --json`: {"user", "snapshots": [...]}."""
+    found = data.get("snapshots") if isinstance(data, dict) else data
+    return found if isinstance(found, list) else []
 
 
 def pick_host(user: str, answers: dict[str, HostAnswer]) -> str:
     """The one host whose backups hold USER (from `metalab-backup snapshots USER` on each host; pure)."""
-    having = sorted(h for h, a in answers.items() if a.configured and a.rc == 0 and a.data)
+    having = sorted(h for h, a in answers.items() if a.configured and a.rc == 0 and _snapshots(a.data))
     if len(having) == 1:
         return having[0]
     if having:

@@ -126,11 +126,14 @@ def test_status_json_and_exit_code(hosts) -> None:
 def test_run_reports_busy_with_its_exit_code(hosts) -> None:
     answers, calls = hosts
     busy = answer("lab1", rc=75, data={"error": "another backup is running on this host"})
-    answers["run"] = {"lab1": busy, "lab2": answer("lab2", data={"snapshot": "77aa00bb99"})}
+    answers["run"] = {
+        "lab1": busy,
+        "lab2": answer("lab2", data={"snapshot": {"id": "77aa00bb99", "size_bytes": 3 << 20}}),
+    }
     result = labctl("backup", "run")
     assert result.exit_code == 75, "the one host that did not back up was busy"
     assert "lab1: another backup is running on this host" in result.output
-    assert "lab2: backed up, snapshot 77aa00bb" in result.output
+    assert "lab2: backed up, snapshot 77aa00bb, 3M" in result.output
     answers["run"]["lab2"] = answer("lab2", rc=1, data={"error": "repository unreachable"})
     result = labctl("backup", "run")
     assert result.exit_code == 1, "busy and failed: a failure overall"
@@ -155,7 +158,7 @@ def test_users_restore_finds_the_host_that_has_her_and_prints_the_folder(hosts) 
 
 def test_users_restore_refused_passes_the_refusal_on(hosts) -> None:
     answers, _ = hosts
-    answers["snapshots"] = {"lab1": answer("lab1", data=[{"id": "ab"}])}
+    answers["snapshots"] = {"lab1": answer("lab1", data={"user": "alice", "snapshots": [{"id": "ab"}]})}
     refused = answer("lab1", rc=3, data={"error": "refused: 40M to restore, 12M free in alice's quota"})
     answers["restore"] = {"lab1": refused}
     result = labctl("users", "restore", "alice")
@@ -171,7 +174,7 @@ def test_users_restore_without_backups_of_her_or_with_two_hosts(hosts) -> None:
     }
     result = labctl("users", "restore", "zed")
     assert result.exit_code == 1 and "no backup of zed on any lab host (lab2: unknown user zed)" in result.output
-    answers["snapshots"] = {h: answer(h, data=[{"id": "x"}]) for h in ("lab1", "lab2")}
+    answers["snapshots"] = {h: answer(h, data={"user": "alice", "snapshots": [{"id": "x"}]}) for h in ("lab1", "lab2")}
     result = labctl("users", "restore", "alice")
     assert result.exit_code == 2 and "backups of alice are on lab1, lab2: choose one with --host" in result.output
     result = labctl("users", "restore", "alice", "--snapshot", "ab", "--before", "2027-01-01")
@@ -180,8 +183,11 @@ def test_users_restore_without_backups_of_her_or_with_two_hosts(hosts) -> None:
 
 def test_restore_host_needs_one_host(hosts) -> None:
     answers, calls = hosts
-    answers["restore-host"] = {"lab1": answer("lab1", data={"homes": 2, "files": 10})}
+    answers["restore-host"] = {
+        "lab1": answer("lab1", data={"homes": ["lab-alice", "lab-bob"], "snapshot": "4f2a9c1e77"})
+    }
     result = labctl("backup", "restore-host", "--host", "lab1", "--snapshot", "4f2a")
     assert result.exit_code == 0, result.output
     assert calls[-1] == (["restore-host", "--snapshot", "4f2a"], "lab1")
+    assert "lab1: restored lab-alice, lab-bob from snapshot 4f2a9c1e" in result.output
     assert labctl("backup", "restore-host").exit_code == 2
