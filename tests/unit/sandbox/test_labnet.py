@@ -95,3 +95,23 @@ def test_down_all_removes_a_leftover_network_without_sandboxes(fake_ip):
     fake = fake_ip(namespace_exists=False)
     labnet.detach(None)
     assert fake.calls == [], "nothing to do without the namespace"
+
+
+def test_cli_down_all_also_removes_the_lab_network(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from metalab.labctl.cli import cli
+    from metalab.labctl.sandbox import nspawn, validate
+
+    monkeypatch.setenv("METALAB_SANDBOX_DIR", str(tmp_path))
+    monkeypatch.setattr(validate, "require_root", lambda: None)
+    detached = []
+    monkeypatch.setattr(labnet, "detach", detached.append)
+    monkeypatch.setattr(nspawn, "down", lambda name: None)
+    result = CliRunner().invoke(cli, ["sandbox", "down", "--all"])
+    assert result.exit_code == 0, result.output
+    assert detached == [None], "a lab network without sandboxes goes with --all"
+    detached.clear()
+    (tmp_path / "other").mkdir()
+    result = CliRunner().invoke(cli, ["sandbox", "down", "other"])
+    assert detached == [], "a named down leaves the network to its sandbox's own down"
