@@ -247,7 +247,8 @@ def run_cmd(host: str | None, inventory: str | None) -> None:
             found = data.get("snapshot")
             snap: dict[str, Any] = found if isinstance(found, dict) else {}
             size = f", {rules.human_size(int(snap['size_bytes']))}" if snap.get("size_bytes") is not None else ""
-            click.echo(f"{name}: backed up, snapshot {str(snap.get('id', '?'))[:8]}{size}")
+            took = f" in {data['total_seconds']:.1f}s" if isinstance(data.get("total_seconds"), (int, float)) else ""
+            click.echo(f"{name}: backed up, snapshot {str(snap.get('id', '?'))[:8]}{size}{took}")
     click.echo(f"({time.monotonic() - started:.0f}s)", err=True)
     _fail(answers)
 

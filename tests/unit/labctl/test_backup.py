@@ -128,12 +128,12 @@ def test_run_reports_busy_with_its_exit_code(hosts) -> None:
     busy = answer("lab1", rc=75, data={"error": "another backup is running on this host"})
     answers["run"] = {
         "lab1": busy,
-        "lab2": answer("lab2", data={"snapshot": {"id": "77aa00bb99", "size_bytes": 3 << 20}}),
+        "lab2": answer("lab2", data={"snapshot": {"id": "77aa00bb99", "size_bytes": 3 << 20}, "total_seconds": 4.26}),
     }
     result = labctl("backup", "run")
     assert result.exit_code == 75, "the one host that did not back up was busy"
     assert "lab1: another backup is running on this host" in result.output
-    assert "lab2: backed up, snapshot 77aa00bb, 3M" in result.output
+    assert "lab2: backed up, snapshot 77aa00bb, 3M in 4.3s" in result.output
     answers["run"]["lab2"] = answer("lab2", rc=1, data={"error": "repository unreachable"})
     result = labctl("backup", "run")
     assert result.exit_code == 1, "busy and failed: a failure overall"
