@@ -289,6 +289,7 @@ def test_doctor_all_green_then_names_a_missing_guard_cron(site_host, cache):
         "guard cron": "ok",
         "guard ran recently": "ok",
         "guard lock": "ok",
+        "backup": "n/a",  # no lab_backup_repository (tests/sandbox/test_backup.py has a host with backups)
     }, rows
     assert rows["runtime image"]["detail"] == "localhost/metalab/runtime:0.1.0"
     controller = [r for r in json.loads(green.stdout) if r["host"] == "(controller)"]

@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "users": "metalab.labctl.users",
     "session": "metalab.labctl.session",
     "usage": "metalab.labctl.usage",
+    "backup": "metalab.labctl.backup",
 }
 
 

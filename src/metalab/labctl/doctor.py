@@ -23,7 +23,7 @@ from typing import Any
 import click
 
 from metalab import rules
-from metalab.labctl import collection, config, output, runner
+from metalab.labctl import backup, collection, config, output, runner
 
 OK, WARN, FAIL, NA = "ok", "warn", "fail", "n/a"
 CONTROLLER = "(controller)"
@@ -197,7 +197,7 @@ def evaluate_host(
     f += _podman(host, report)
     f.append(_frontdoor(host, report))
     f += _guard(host, report)
-    return f
+    return f + [Finding(host, *check) for check in backup.doctor_checks(dict(report))]
 
 
 def _homes(host: str, report: Mapping[str, Any]) -> Finding:

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from metalab.labctl import config, output, runner
+from metalab.labctl.backup import restore_cmd as backup_restore_cmd
 from metalab.labctl.inventory import UsersError, add_users, locate, plain, remove_user
 
 TRUE = {"true", "yes", "y", "1", "on"}
@@ -297,3 +298,7 @@ def enroll_cmd(
     else:
         click.echo(info["url"])
         click.echo(f"(single use, valid until {info['expires']}; host {result.host})", err=True)
+
+
+# `labctl users restore`: from the lab hosts' backups (metalab.labctl.backup runs metalab-backup there).
+cli.add_command(backup_restore_cmd)

@@ -35,7 +35,23 @@ HEALTHY: dict[str, Any] = {
     "guard_cron_present": True,
     "guard_installed": True,
     "guard_config_mtime": NOW - 3600,
-}
+    "backup_configured": True,
+    "backup_rc": 0,
+    "backup_stdout": json.dumps(
+        {
+            "host": "h",
+            "repository": "sftp:metalab-backup@backup1:/h",
+            "last_snapshot": {"id": "4f2a9c1e77", "short_id": "4f2a9c1e", "time": "2027-01-15T07:00:00Z",
+                              "size_bytes": 3 * 2**30},
+            "age_s": 3 * 3600,
+            "last_success": NOW - 3 * 3600,
+            "last_check": {"time": NOW - 86400, "ok": True},
+            "last_error": None,
+            "stale": False,
+            "max_age_s": 26 * 3600,
+        }
+    ),
+}  # fmt: skip
 
 
 def verdicts(findings: list[doctor.Finding]) -> dict[str, str]:
@@ -53,6 +69,7 @@ def test_bare_host_is_not_applicable_rather_than_failing() -> None:
         "front door :443": "n/a",
         "guard cron": "n/a",
         "guard ran recently": "n/a",
+        "backup": "n/a",
     }
     assert doctor.exit_code(doctor.evaluate_host("h", BARE)) == 0
 
@@ -149,3 +166,49 @@ def test_users_errors_from_inventory_data() -> None:
     data = {"_meta": {"hostvars": {"a": {"lab_users": [{"name": "ok"}, {"name": "x", "quota": "15GG"}]}}}}
     [error] = doctor.users_errors_from(data)
     assert "'x'" in error and "quota" in error
+
+
+def _backup(**status: Any) -> dict[str, Any]:
+    """HEALTHY with its metalab-backup status changed by ``status``."""
+    return {**HEALTHY, "backup_stdout": json.dumps({**json.loads(HEALTHY["backup_stdout"]), **status})}
+
+
+def _backup_finding(report: dict[str, Any]) -> doctor.Finding:
+    return next(f for f in doctor.evaluate_host("h", report) if f.check == "backup")
+
+
+def test_backup_fresh_is_ok_with_its_snapshot() -> None:
+    finding = _backup_finding(HEALTHY)
+    assert finding.status == "ok"
+    assert "4f2a9c1e" in finding.detail and "3h00m" in finding.detail and "3G" in finding.detail
+
+
+def test_backup_stale_fails() -> None:
+    finding = _backup_finding(_backup(age_s=30 * 3600, stale=True))
+    assert finding.status == "fail"
+    assert "stale: last good backup 1d6h ago" in finding.detail
+    assert "labctl backup run" in finding.action
+    assert doctor.exit_code(doctor.evaluate_host("h", _backup(age_s=30 * 3600, stale=True))) == 2
+
+
+def test_backup_never_run_is_stale() -> None:
+    finding = _backup_finding(_backup(last_snapshot=None, age_s=None, last_success=None, stale=True))
+    assert (finding.status, finding.detail) == ("fail", "stale: no backup yet")
+
+
+def test_backup_last_run_failed_names_the_error() -> None:
+    error = {"time": NOW - 60, "message": "wrong password: the repository cannot be opened"}
+    finding = _backup_finding(_backup(last_error=error))
+    assert finding.status == "fail"
+    assert finding.detail == "the last backup failed: wrong password: the repository cannot be opened"
+
+
+def test_backup_error_followed_by_a_success_is_history() -> None:
+    error = {"time": NOW - 86400, "message": "repository unreachable"}
+    assert _backup_finding(_backup(last_error=error)).status == "ok"
+
+
+def test_backup_status_that_cannot_be_read_fails_with_its_message() -> None:
+    report = {**HEALTHY, "backup_rc": 1, "backup_stdout": "", "backup_stderr": "metalab-backup: bad config\n"}
+    finding = _backup_finding(report)
+    assert (finding.status, finding.detail) == ("fail", "the last backup failed: metalab-backup: bad config")

@@ -18,6 +18,7 @@ NSPAWN = {
     "ansible_ssh_private_key_file": "/state/a/id_ed25519",
     "lab_http_proxy": "http://10.213.1.1:3128",
     "https_port": 443,
+    "lab_address": "10.214.0.1",
     "pid": 4242,
     "index": 1,
 }
@@ -41,6 +42,8 @@ def test_inventory_has_every_host_with_its_connection():
     assert hosts["a"]["lab_http_proxy"] == "http://10.213.1.1:3128"
     assert hosts["v"]["ansible_port"] == 40022
     assert "lab_http_proxy" not in hosts["v"], "a VM reaches registries through qemu's NAT"
+    assert hosts["a"]["lab_address"] == "10.214.0.1", "nspawn hosts reach each other on the lab network"
+    assert "lab_address" not in hosts["v"]
     assert data["all"]["vars"]["ansible_become"] is True
     assert data["all"]["vars"]["lab_extra_ca_certificates"] == ["/ca/one.crt"]
     assert set(data["all"]["children"]["sandbox_nspawn"]["hosts"]) == {"a"}

@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from metalab.labctl.sandbox import inventory, nspawn, state, validate, vm
+from metalab.labctl.sandbox import inventory, labnet, nspawn, state, validate, vm
 from metalab.labctl.sandbox.errors import SandboxError
 
 _DRIVERS = {"nspawn": nspawn, "vm": vm}
@@ -97,6 +97,8 @@ def down(names: tuple[str, ...], everything: bool) -> None:
             driver.down(name)
             if record is None and not everything:
                 click.echo(f"sandbox {name} was not up; cleaned any leftovers", err=True)
+        if everything:
+            labnet.detach(None)  # a lab network left by a sandbox whose record is gone
     except SandboxError as error:
         _fail(error)
 

@@ -23,6 +23,8 @@ def build(records: list[dict[str, Any]], ca_certificates: list[str]) -> dict[str
         host["ansible_ssh_common_args"] = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null"
         if record.get("lab_http_proxy"):
             host["lab_http_proxy"] = record["lab_http_proxy"]
+        if record.get("lab_address"):
+            host["lab_address"] = record["lab_address"]  # on the lab network that nspawn sandboxes share
         host["metalab_sandbox_kind"] = record["kind"]
         if record.get("https_port"):
             host["metalab_sandbox_https_port"] = record["https_port"]

@@ -4,6 +4,7 @@ Each sandbox lives in a network namespace of its own, joined to the machine by
 a veth pair (10.213.<index>.0/30). It has no route out: it reaches package
 registries through a tinyproxy on the machine's end of the pair, passed to
 the roles as ``lab_http_proxy`` -- the same variable a lab behind a proxy uses.
+A second interface, ``lab0``, puts it on the lab network that sandboxes share (labnet.py, 10.214.0.<index>/24).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from metalab.labctl.sandbox import rootfs, ssh, state
+from metalab.labctl.sandbox import labnet, rootfs, ssh, state
 from metalab.labctl.sandbox.errors import SandboxError
 
 PROXY_PORT = 3128
@@ -52,7 +53,7 @@ def _free_index() -> int:
     raise SandboxError(f"all {MAX_INDEX} sandbox networks are in use: take some down")
 
 
-def _network_up(name: str, index: int) -> None:
+def _network_up(name: str, index: int) -> str:
     host_ip, guest_ip = _addresses(index)
     netns, veth = _netns(name), _veth(index)
     _sh(["ip", "netns", "add", netns])
@@ -62,6 +63,7 @@ def _network_up(name: str, index: int) -> None:
     _sh(["ip", "-n", netns, "addr", "add", f"{guest_ip}/30", "dev", "host0"])
     _sh(["ip", "-n", netns, "link", "set", "host0", "up"])
     _sh(["ip", "-n", netns, "link", "set", "lo", "up"])
+    return labnet.attach(netns, index)
 
 
 def _proxy_up(directory: Path, index: int) -> int:
@@ -115,7 +117,7 @@ def up(name: str, boot_timeout: float = BOOT_TIMEOUT) -> dict[str, Any]:
     with state.removed_on_failure(name, directory / "console.log", down):
         key = ssh.keypair(directory)
         merged = _prepare_tree(directory, name, index, key)
-        _network_up(name, index)
+        record["lab_address"] = _network_up(name, index)
         record["proxy_pid"] = _proxy_up(directory, index)
         host_ip, guest_ip = _addresses(index)
         argv = [
@@ -173,10 +175,11 @@ def down(name: str) -> None:
     unmounted = subprocess.run(["umount", "-R", str(merged)], capture_output=True, check=False).returncode == 0
     if not unmounted and os.path.ismount(merged):
         subprocess.run(["umount", "-R", "-l", str(merged)], capture_output=True, check=False)
+    index = record.get("index")
+    labnet.detach(index)
     netns = _netns(name)
     if Path(f"/run/netns/{netns}").exists():
         subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
-    index = record.get("index")
     if index and Path(f"/sys/class/net/{_veth(index)}").exists():
         subprocess.run(["ip", "link", "del", _veth(index)], capture_output=True, check=False)
     if directory.is_dir():

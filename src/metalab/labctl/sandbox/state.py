@@ -107,6 +107,7 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
         "ansible_user",
         "ansible_ssh_private_key_file",
         "lab_http_proxy",
+        "lab_address",
         "https_port",
         "nvme",
         "created",
