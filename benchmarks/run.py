@@ -566,6 +566,37 @@ def latency_result(data: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+def profile_summary(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Median of each step of profiled starts (start_bench.py profile): the guard's own steps in the order they ran
+    (a step that ran twice in a start counts once, summed), then the phases after the guard returned."""
+    ok = [r for r in runs if r.get("ok")]
+    if not ok:
+        raise BenchError(f"profile: no start succeeded ({[r.get('error') for r in runs]})")
+    order: List[str] = []
+    per_step: Dict[str, List[float]] = {}
+    for r in ok:
+        sums: Dict[str, float] = {}
+        for label, _at, seconds in r["steps"]:
+            if label == "exit":
+                continue
+            if label not in order:
+                order.append(label)
+            sums[label] = sums.get(label, 0.0) + seconds
+        for label, seconds in sums.items():
+            per_step.setdefault(label, []).append(seconds)
+    phases = [
+        ("metalab-guard start, whole process (exec to exit)", [r["guard_returned_s"] for r in ok]),
+        ("container up -> JupyterLab socket appears (after the guard returned)",
+         [r["socket_appeared_s"] - r["guard_returned_s"] for r in ok]),
+        ("socket appears -> JupyterLab answers 200 on it", [r["socket_200_s"] - r["socket_appeared_s"] for r in ok]),
+        ("socket 200 -> 200 through nginx (TLS, proxy)", [r["frontdoor_200_s"] - r["socket_200_s"] for r in ok]),
+        ("total: start -> 200 through nginx", [r["frontdoor_200_s"] for r in ok]),
+    ]  # fmt: skip
+    out = [{"step": f"guard: {label}", "median_s": round(statistics.median(per_step[label]), 4)} for label in order]
+    out += [{"step": label, "median_s": round(statistics.median(v), 4)} for label, v in phases]
+    return out
+
+
 def concurrent_result(data: Dict[str, Any], single_guard_s: Optional[float]) -> Dict[str, Any]:
     """Ten users pressing Start at once: p50/p95 of start -> 200 over every start of every round, failures."""
     starts = [r for rnd in data["rounds"] for r in rnd]
@@ -616,6 +647,10 @@ def section_runtime(
             sec = latency_result(data)
             single = sec["cases"][3]["median_s"]
             sec["first_converge_s"] = first
+            # Where a start spends its time: the guard's steps timed inside it, then the phases after it returned.
+            prof = host_script(info, ["profile", "alice", "3"], timeout=600)
+            sec["start_breakdown"] = profile_summary(prof["runs"])
+            sec["start_breakdown_runs"] = prof["runs"]
             # While the whole site is converged here: its no-change rerun (runtime roles included), with metalab's
             # ansible.cfg, with Ansible's defaults and with the Mitogen extra, at each round trip, interleaved.
             if rerun_repeat:

@@ -112,3 +112,31 @@ def test_bare_start_is_jupyterlab_itself_with_the_token_only_in_the_env_file(hos
 def test_status_url_under_base_url(host):
     assert host.status_url("/user/alice/") == "/user/alice/api/status"
     assert host.status_url("/") == "/api/status"
+
+
+def test_profile_summary_sums_a_step_that_ran_twice_and_orders_the_phases(run):
+    def one(podman, total):
+        return {
+            "ok": True,
+            "steps": [
+                ["lock", 0.05, 0.001],
+                ["history", 0.06, 0.01],
+                ["podman run -d", 0.1, podman],
+                ["history", 0.3, 0.01],
+                ["exit", 0.31, 0.0],
+            ],  # fmt: skip
+            "guard_returned_s": 0.35,
+            "socket_appeared_s": 2.0,
+            "socket_200_s": 2.01,
+            "frontdoor_200_s": total,
+        }
+
+    steps = run.profile_summary([one(0.1, 2.05), one(0.2, 2.07), one(0.3, 2.5), {"ok": False, "error": "x"}])
+    assert [s["step"] for s in steps[:3]] == ["guard: lock", "guard: history", "guard: podman run -d"]
+    by_name = {s["step"]: s["median_s"] for s in steps}
+    assert by_name["guard: history"] == 0.02
+    assert by_name["guard: podman run -d"] == 0.2
+    assert by_name["total: start -> 200 through nginx"] == 2.07
+    assert by_name["socket 200 -> 200 through nginx (TLS, proxy)"] == pytest.approx(0.06)
+    with pytest.raises(run.BenchError):
+        run.profile_summary([{"ok": False, "error": "podman run failed"}])
