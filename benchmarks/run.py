@@ -805,6 +805,20 @@ def print_table(sections: List[Dict[str, Any]]) -> None:
             print(f"  {t['verdict']:<5} {t['what']}: {t['value']:.2f} {t['op']} {t['bound']}")
 
 
+def write_results(results: Path, sections: List[Dict[str, Any]], meta: Dict[str, Any]) -> None:
+    for sec in sections:
+        path = results / f"{sec['section']}.json" if sec["section"] != "guard" else results / "guard-summary.json"
+        path.write_text(json.dumps(dict(sec, machine=meta), indent=2) + "\n")
+    # The summary covers every section file present, so `--only X` refreshes X and keeps the others.
+    summary: Dict[str, Any] = {"machine": meta, "sections": {}}
+    for name in SECTIONS:
+        path = results / (f"{name}.json" if name != "guard" else "guard-summary.json")
+        if path.exists():
+            data = json.loads(path.read_text())
+            summary["sections"][name] = {"started": data["machine"].get("started"), "targets": data["targets"]}
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases and one run each (a smoke test)")
@@ -854,28 +868,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="metalab-bench-"))
     sections: List[Dict[str, Any]] = []
+
+    def done(new: List[Dict[str, Any]]) -> None:
+        """Each section is written as soon as it is measured: a later section that fails keeps it."""
+        sections.extend(new)
+        write_results(results, new, dict(meta, loadavg_end=list(os.getloadavg())))
+
     try:
         if "users" in only:
             print("users: 1 host per user count ...", file=sys.stderr, flush=True)
             (work / "users").mkdir()
-            sections.append(section_users(work / "users", repeat, args.quick))
+            done([section_users(work / "users", repeat, args.quick)])
         if "hosts" in only or "config" in only:
             print("hosts/config: a fleet of sandboxes ...", file=sys.stderr, flush=True)
             (work / "fleet").mkdir()
-            sections += section_hosts(work / "fleet", repeat, args.quick, "config" in only, "hosts" in only, rtts)
+            done(section_hosts(work / "fleet", repeat, args.quick, "config" in only, "hosts" in only, rtts))
         if {"latency", "concurrent"} & only:
             print("latency/concurrent: the whole site on one sandbox (builds the runtime image) ...", file=sys.stderr)
             (work / "latency").mkdir()
             latency_n = args.latency_repeat or (3 if args.quick else 10)
             rounds = args.concurrent_rounds or (1 if args.quick else 3)
             site = args.site_reruns if args.site_reruns is not None else (0 if args.quick else repeat)
-            sections += section_runtime(work / "latency", latency_n, rounds, site, rtts, sorted(only))
+            done(section_runtime(work / "latency", latency_n, rounds, site, rtts, sorted(only)))
         if "controller" in only:
             print("controller: 1 and 10 sandboxes ...", file=sys.stderr, flush=True)
             (work / "controller").mkdir()
-            sections.append(section_controller(work / "controller", repeat, args.quick))
+            done([section_controller(work / "controller", repeat, args.quick)])
         if "guard" in only:
-            sections.append(section_guard(work, 3 if args.quick else max(repeat, 5), results))
+            done([section_guard(work, 3 if args.quick else max(repeat, 5), results)])
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         print(f"logs kept in {work}", file=sys.stderr)
@@ -888,17 +908,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print_table(sections)
-    for sec in sections:
-        path = results / f"{sec['section']}.json" if sec["section"] != "guard" else results / "guard-summary.json"
-        path.write_text(json.dumps(dict(sec, machine=meta), indent=2) + "\n")
-    # The summary covers every section file present, so `--only X` refreshes X and keeps the others.
-    summary: Dict[str, Any] = {"machine": meta, "sections": {}}
-    for name in SECTIONS:
-        path = results / (f"{name}.json" if name != "guard" else "guard-summary.json")
-        if path.exists():
-            data = json.loads(path.read_text())
-            summary["sections"][name] = {"started": data["machine"].get("started"), "targets": data["targets"]}
-    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {results}/*.json")
     return 0
 
