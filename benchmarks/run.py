@@ -4,16 +4,23 @@ Every figure is the median of N runs with min and max; targets are ratios measur
 cases of one section are interleaved, so load from elsewhere on the machine hits them alike). Results: a table
 on stdout and JSON under benchmarks/results/ (benchmarks/results/quick/ with --quick).
 
-    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,guard] [--repeat N] [--rtt-ms 10,30]
-                             [--profile]
+    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,concurrent,controller,guard]
+                             [--repeat N] [--rtt-ms 10,30] [--profile] [--latency-repeat N]
+                             [--concurrent-rounds N] [--site-reruns N]
 
 Sections (lab hosts are nspawn sandboxes named bm1..bm10, always taken down at the end):
   users    no-change rerun of site.yml on 1 host with 1, 50 and 200 lab users         target: 200 <= 1.5x 1
   hosts    no-change rerun on 1, 5 and 10 sandboxes at once (forks >= 10)             target: 10 <= 3x 1
   config   the same rerun with metalab's ansible.cfg vs Ansible's defaults            target: defaults >= 2x
            (also over an emulated network round trip, --rtt-ms: SSH through benchmarks/netdelay.py)
-  latency  `metalab-guard start alice` on the host to the first 200 of her JupyterLab API through the front
-           door (median of 10; converges the whole site, runtime image included, on one sandbox)  target: < 5 s
+  latency  interleaved pairs on one sandbox with the whole site converged: the bare JupyterLab start (podman run of
+           the runtime image with JupyterLab as its command, 200 on its socket) and `metalab-guard start alice` to
+           the first 200 of her API through nginx (benchmarks/start_bench.py); the guard's start step by step;
+           the whole-site reruns (--site-reruns)                       target: metalab <= 1.3x bare; < 5 s
+  concurrent  ten lab users on that sandbox press Start at once: p50/p95 start -> 200, failures, the lock's queue
+                                                                                 target: no start fails
+  controller  no-change rerun (--tags subset) on 1 and 10 sandboxes: controller CPU s and SSH sessions per host,
+           the machine's busy fraction                                  target: 10 <= 3x 1 host
   guard    one guard run over a 10 000-row ledger (benchmarks/guard_bench.py)        target: < 1 s
 
 The rerun sections converge a subset of site.yml (tags base,storage,lab_users: the runtime roles build a
