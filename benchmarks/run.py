@@ -4,16 +4,23 @@ Every figure is the median of N runs with min and max; targets are ratios measur
 cases of one section are interleaved, so load from elsewhere on the machine hits them alike). Results: a table
 on stdout and JSON under benchmarks/results/ (benchmarks/results/quick/ with --quick).
 
-    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,guard] [--repeat N] [--rtt-ms 10,30]
-                             [--profile]
+    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,concurrent,controller,guard]
+                             [--repeat N] [--rtt-ms 10,30] [--profile] [--latency-repeat N]
+                             [--concurrent-rounds N] [--site-reruns N]
 
 Sections (lab hosts are nspawn sandboxes named bm1..bm10, always taken down at the end):
   users    no-change rerun of site.yml on 1 host with 1, 50 and 200 lab users         target: 200 <= 1.5x 1
   hosts    no-change rerun on 1, 5 and 10 sandboxes at once (forks >= 10)             target: 10 <= 3x 1
   config   the same rerun with metalab's ansible.cfg vs Ansible's defaults            target: defaults >= 2x
            (also over an emulated network round trip, --rtt-ms: SSH through benchmarks/netdelay.py)
-  latency  `metalab-guard start alice` on the host to the first 200 of her JupyterLab API through the front
-           door (median of 10; converges the whole site, runtime image included, on one sandbox)  target: < 5 s
+  latency  interleaved pairs on one sandbox with the whole site converged: the bare JupyterLab start (podman run of
+           the runtime image with JupyterLab as its command, 200 on its socket) and `metalab-guard start alice` to
+           the first 200 of her API through nginx (benchmarks/start_bench.py); the guard's start step by step;
+           the whole-site reruns (--site-reruns)                       target: metalab <= 1.3x bare; < 5 s
+  concurrent  ten lab users on that sandbox press Start at once: p50/p95 start -> 200, failures, the lock's queue
+                                                                                 target: no start fails
+  controller  no-change rerun (--tags subset) on 1 and 10 sandboxes: controller CPU s and SSH sessions per host,
+           the machine's busy fraction                                  target: 10 <= 3x 1 host
   guard    one guard run over a 10 000-row ledger (benchmarks/guard_bench.py)        target: < 1 s
 
 The rerun sections converge a subset of site.yml (tags base,storage,lab_users: the runtime roles build a
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -44,7 +52,7 @@ BENCH = REPO / "benchmarks"
 SITE = REPO / "playbooks" / "site.yml"
 METALAB_CFG = REPO / "ansible.cfg"
 SUBSET_TAGS = "base,storage,lab_users"
-SECTIONS = ("users", "hosts", "config", "latency", "guard")
+SECTIONS = ("users", "hosts", "config", "latency", "concurrent", "controller", "guard")
 PROFILE = False  # --profile: per-task times of each rerun (benchmarks/callback_plugins/metalab_profile.py)
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+"
@@ -499,73 +507,260 @@ def section_hosts(
     return out
 
 
-LATENCY_SCRIPT = r"""
-import json, subprocess, sys, time
-user, repeat = sys.argv[1], int(sys.argv[2])
-def sh(*argv):
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
-token = sh("metalab-guard", "token", user).stdout.strip()
-url = "https://localhost/user/%s/api/status" % user
-sh("metalab-guard", "stop", user, "--reason", "admin")
-times, errors = [], []
-for _ in range(repeat):
-    t0 = time.monotonic()
-    start = sh("metalab-guard", "start", user)
-    if start.returncode != 0:
-        errors.append(start.stderr.strip()); break
-    code = ""
-    while time.monotonic() - t0 < 120:
-        code = sh("curl", "-k", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: token " + token,
-                  url).stdout.strip()
-        if code == "200":
-            break
-        time.sleep(0.05)
-    elapsed = time.monotonic() - t0
-    stop = sh("metalab-guard", "stop", user, "--reason", "admin")
-    if code != "200":
-        errors.append("no 200 within 120 s (last %s)" % code); break
-    if stop.returncode != 0:
-        errors.append(stop.stderr.strip()); break
-    times.append(elapsed)
-print(json.dumps({"times": times, "errors": errors}))
+START_BENCH = BENCH / "start_bench.py"
+CONCURRENT_USERS = 10
+SSH_LOG_ENV = "METALAB_BENCH_SSH_LOG"
+# An ssh_executable that records each invocation (argv, fields split by US, records by RS) and execs ssh.
+SSH_WRAPPER = """#!/bin/sh
+printf '%s\\037' "$@" >> "${log}"
+printf '\\036' >> "${log}"
+exec ssh "$@"
 """
 
 
-def section_latency(work: Path, repeat: int, rerun_repeat: int, rtts: Sequence[float]) -> Dict[str, Any]:
-    with fleet(["bm1"], work) as f, ExitStack() as stack:
-        lab = f.vars_inventory({"bm1": 1})
-        first = converge(f, [f.sandbox_inventory, lab], None, "latency")
-        # While the whole site is converged here: its no-change rerun (runtime roles included), with metalab's
-        # ansible.cfg, with Ansible's defaults and with the Mitogen extra, at each round trip, interleaved like
-        # the other sections.
-        envs = {rtt: stack.enter_context(network(work, rtt)) for rtt in [0.0, *rtts]}
-        base = Case("whole site.yml rerun, 1 host", "bm1", METALAB_CFG, 1, tags=None)
-        triples = config_cases(base, defaults_cfg(work), [0.0, *rtts], envs, mitogen())
-        site_cases = [c for triple in triples for c in triple if c is not None]
-        measure(f, [f.sandbox_inventory, lab], site_cases, rerun_repeat)
-        info = f.info["bm1"]
-        ssh = [
-            "ssh", "-p", str(info["ansible_port"]), "-i", info["ansible_ssh_private_key_file"],
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            f"{info['ansible_user']}@{info['ansible_host']}",
-            f"sudo python3 - alice {repeat}",
-        ]  # fmt: skip
-        out = subprocess.run(ssh, input=LATENCY_SCRIPT, capture_output=True, text=True, timeout=1800, check=False)
+def host_script(info: Dict[str, Any], args: Sequence[str], timeout: float) -> Dict[str, Any]:
+    """Run benchmarks/start_bench.py as root on a sandbox (piped over SSH) and return its JSON."""
+    ssh = [
+        "ssh", "-p", str(info["ansible_port"]), "-i", info["ansible_ssh_private_key_file"],
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        f"{info['ansible_user']}@{info['ansible_host']}", "sudo python3 - " + " ".join(args),
+    ]  # fmt: skip
+    out = subprocess.run(
+        ssh, input=START_BENCH.read_text(), capture_output=True, text=True, timeout=timeout, check=False
+    )
     try:
-        data = json.loads(out.stdout.strip().splitlines()[-1])
+        return json.loads(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise BenchError(f"latency script failed: {out.stderr.strip()[-800:]}") from None
-    if data["errors"] or not data["times"]:
-        raise BenchError(f"latency: {data['errors']}")
-    fig = figure(data["times"])
+        raise BenchError(f"start_bench.py {args[0]} failed: {out.stderr.strip()[-800:]}") from None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100): a value that was measured, never interpolated."""
+    if not values:
+        raise ValueError("percentile of an empty sample")
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q / 100.0 * len(ordered))) - 1]
+
+
+def latency_result(data: Dict[str, Any]) -> Dict[str, Any]:
+    """The latency section from start_bench.py's runs: both sides, every run, the ratio of the medians."""
+    if data["errors"] or not data["bare"] or not data["metalab"]:
+        raise BenchError(f"latency: {data['errors'] or 'no runs'}")
+    bare = figure([r["seconds"] for r in data["bare"]])
+    ours = figure([r["seconds"] for r in data["metalab"]])
+    guard = figure([r["guard_s"] for r in data["metalab"]])
+    podman = figure([r["podman_s"] for r in data["bare"]])
+    n = len(data["metalab"])
+    r = ratio(ours, bare)
     return {
         "section": "latency",
-        "what": "metalab-guard start alice on the host -> first 200 of /user/alice/api/status through nginx",
+        "what": (
+            "interleaved pairs on one host: (bare) podman run -d of the runtime image with JupyterLab as its command "
+            "(no supervisord, no guard) -> first 200 of <base_url>api/status over its unix socket; (metalab) "
+            "metalab-guard start alice -> first 200 of /user/alice/api/status through nginx with her token"
+        ),
+        "cases": [
+            dict(bare, label=f"bare JupyterLab start in the runtime image -> 200 on its socket (n={n})"),
+            dict(podman, label="  of which podman run -d returned"),
+            dict(ours, label=f"metalab-guard start -> 200 through the front door (n={n})"),
+            dict(guard, label="  of which metalab-guard start returned"),
+        ],
+        "runs": {"bare": data["bare"], "metalab": data["metalab"]},
+        "targets": [
+            target("metalab start vs bare JupyterLab start (ratio of medians)", r, "<=", 1.3),
+            target("start to first API answer (s)", ours["median_s"], "<", 5.0),
+        ],
+    }
+
+
+def profile_summary(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Median of each step of profiled starts (start_bench.py profile): the guard's own steps in the order they ran
+    (a step that ran twice in a start counts once, summed), then the phases after the guard returned."""
+    ok = [r for r in runs if r.get("ok")]
+    if not ok:
+        raise BenchError(f"profile: no start succeeded ({[r.get('error') for r in runs]})")
+    order: List[str] = []
+    per_step: Dict[str, List[float]] = {}
+    for r in ok:
+        sums: Dict[str, float] = {}
+        for label, _at, seconds in r["steps"]:
+            if label == "exit":
+                continue
+            if label not in order:
+                order.append(label)
+            sums[label] = sums.get(label, 0.0) + seconds
+        for label, seconds in sums.items():
+            per_step.setdefault(label, []).append(seconds)
+    phases = [
+        ("metalab-guard start, whole process (exec to exit)", [r["guard_returned_s"] for r in ok]),
+        ("container up -> JupyterLab socket appears (after the guard returned)",
+         [r["socket_appeared_s"] - r["guard_returned_s"] for r in ok]),
+        ("socket appears -> JupyterLab answers 200 on it", [r["socket_200_s"] - r["socket_appeared_s"] for r in ok]),
+        ("socket 200 -> 200 through nginx (TLS, proxy)", [r["frontdoor_200_s"] - r["socket_200_s"] for r in ok]),
+        ("total: start -> 200 through nginx", [r["frontdoor_200_s"] for r in ok]),
+    ]  # fmt: skip
+    out = [{"step": f"guard: {label}", "median_s": round(statistics.median(per_step[label]), 4)} for label in order]
+    out += [{"step": label, "median_s": round(statistics.median(v), 4)} for label, v in phases]
+    return out
+
+
+def concurrent_result(data: Dict[str, Any], single_guard_s: Optional[float]) -> Dict[str, Any]:
+    """Ten users pressing Start at once: p50/p95 of start -> 200 over every start of every round, failures."""
+    starts = [r for rnd in data["rounds"] for r in rnd]
+    failed = [r for r in starts if not r["ok"]]
+    ok = [r["seconds"] for r in starts if r["ok"]]
+    guard = [r["guard_s"] for r in starts]
+    users = len(data["rounds"][0]) if data["rounds"] else 0
+    case: Dict[str, Any] = {"label": f"{users} users press Start at once: start -> 200 ({len(ok)} of {len(starts)})"}
+    if ok:
+        case.update(figure(ok), p50_s=percentile(ok, 50), p95_s=percentile(ok, 95))
+    guard_case = dict(figure(guard), label="  of which their metalab-guard start returned",
+                      p50_s=percentile(guard, 50), p95_s=percentile(guard, 95))  # fmt: skip
+    note = (
+        "metalab-guard start holds the guard lock from its ledger insert until podman run returns, so the guard "
+        "commands of simultaneous starts run one after the other (their guard_s grow like a queue: the last one "
+        "waits for the nine before it); the JupyterLab starts inside the containers overlap."
+    )
+    if single_guard_s:
+        note += f" One start alone spends {single_guard_s:.2f} s in metalab-guard start (latency section)."
+    return {
+        "section": "concurrent",
+        "what": f"{users} lab users on one host run metalab-guard start at the same moment (threads behind a "
+        "barrier); each polls her own /user/NAME/api/status through nginx until 200; all stopped between rounds",
+        "cases": [case, guard_case],
+        "failures": [{"user": r["user"], "error": r.get("error", "")} for r in failed],
+        "serialization": note,
+        "runs": data["rounds"],
+        "targets": [
+            target("starts that failed", len(failed), "<=", 0),
+        ],
+    }
+
+
+def section_runtime(
+    work: Path, latency_n: int, rounds: int, rerun_repeat: int, rtts: Sequence[float], only: Sequence[str]
+) -> List[Dict[str, Any]]:
+    """One sandbox with the whole site converged (runtime image included) and 10 lab users: start timings, and
+    (with the latency section) the whole-site no-change reruns."""
+    out: List[Dict[str, Any]] = []
+    users = ["alice", *(f"user{i:03d}" for i in range(1, CONCURRENT_USERS))]
+    with fleet(["bm1"], work) as f, ExitStack() as stack:
+        lab = f.vars_inventory({"bm1": CONCURRENT_USERS})
+        first = converge(f, [f.sandbox_inventory, lab], None, "latency")
+        info = f.info["bm1"]
+        single: Optional[float] = None
+        if "latency" in only:
+            data = host_script(info, ["latency", "alice", str(latency_n)], timeout=1800)
+            sec = latency_result(data)
+            single = sec["cases"][3]["median_s"]
+            sec["first_converge_s"] = first
+            # Where a start spends its time: the guard's steps timed inside it, then the phases after it returned.
+            prof = host_script(info, ["profile", "alice", "3"], timeout=600)
+            sec["start_breakdown"] = profile_summary(prof["runs"])
+            sec["start_breakdown_runs"] = prof["runs"]
+            # While the whole site is converged here: its no-change rerun (runtime roles included), with metalab's
+            # ansible.cfg, with Ansible's defaults and with the Mitogen extra, at each round trip, interleaved.
+            if rerun_repeat:
+                envs = {rtt: stack.enter_context(network(work, rtt)) for rtt in [0.0, *rtts]}
+                base = Case("whole site.yml rerun, 1 host", "bm1", METALAB_CFG, 1, tags=None)
+                triples = config_cases(base, defaults_cfg(work), [0.0, *rtts], envs, mitogen())
+                site_cases = [c for triple in triples for c in triple if c is not None]
+                measure(f, [f.sandbox_inventory, lab], site_cases, rerun_repeat)
+                sec["cases"] += [c.result() for c in site_cases]
+                sec["targets"] += config_targets(triples, "whole site, 1 host")
+            out.append(sec)
+        if "concurrent" in only:
+            data = host_script(info, ["concurrent", str(rounds), *users], timeout=1800)
+            out.append(concurrent_result(data, single))
+    return out
+
+
+def ssh_counting_env(workdir: Path, label: str) -> Tuple[Dict[str, str], Path]:
+    """Environment for a run whose ssh invocations are recorded (benchmarks' SSH_WRAPPER), and the log it fills."""
+    log = workdir / f"ssh-{label}.log"
+    log.write_bytes(b"")
+    wrapper = workdir / f"ssh-{label}.sh"
+    wrapper.write_text(SSH_WRAPPER.replace("${log}", str(log)))
+    wrapper.chmod(0o755)
+    return {"ANSIBLE_SSH_EXECUTABLE": str(wrapper)}, log
+
+
+def count_ssh(record: bytes, hosts: Dict[str, str]) -> Dict[str, int]:
+    """ssh invocations per inventory host in SSH_WRAPPER's record (hosts: name -> address as Ansible passes it).
+
+    With ControlMaster each invocation is one session over the host's master connection: at least one round trip.
+    """
+    counts = dict.fromkeys(hosts, 0)
+    by_address = {addr: name for name, addr in hosts.items()}
+    for entry in record.split(b"\x1e"):
+        if not entry:
+            continue
+        args = entry.decode("utf-8", "replace").split("\x1f")
+        for arg in args:
+            if arg in by_address:
+                counts[by_address[arg]] += 1
+                break
+    return counts
+
+
+def section_controller(work: Path, repeat: int, quick: bool) -> Dict[str, Any]:
+    """Controller CPU and SSH sessions per host of a no-change rerun (the --tags subset), on 1 and N hosts."""
+    size = 3 if quick else 10
+    names = [f"bm{i + 1}" for i in range(size)]
+    with fleet(names, work) as f:
+        lab = f.vars_inventory(dict.fromkeys(names, 3))
+        inventories = [f.sandbox_inventory, lab]
+        first = converge(f, inventories, SUBSET_TAGS, "controller")
+        cases = [
+            Case("1 host", names[0], METALAB_CFG, 1),
+            Case(f"{size} hosts at once", ",".join(names), METALAB_CFG, size),
+        ]
+        measure(f, inventories, cases, repeat)
+        # One more run of each, not timed, with every ssh invocation recorded (a wrapper costs a little CPU).
+        addresses = {n: str(f.info[n]["ansible_host"]) for n in names}
+        sessions: List[Dict[str, int]] = []
+        for case in cases:
+            env, log = ssh_counting_env(work, f"{case.hosts}")
+            run = playbook(inventories, METALAB_CFG, work / f"count-{case.hosts}.log", limit=case.limit,
+                           extra_env=env)  # fmt: skip
+            if run.rc != 0:
+                raise BenchError(f"controller: counting run failed (rc {run.rc}); log {run.log}")
+            sessions.append({k: v for k, v in count_ssh(log.read_bytes(), addresses).items() if v})
+    results = []
+    for case, per_host in zip(cases, sessions):
+        r = case.result()
+        ctl = statistics.median(case.controller_cpu)
+        r.update(
+            controller_cpu_s_per_host=round(ctl / case.hosts, 2),
+            controller_cpu_s_runs=[round(x, 2) for x in case.controller_cpu],
+            ssh_sessions_per_host=per_host,
+            ssh_sessions_per_host_median=statistics.median(per_host.values()) if per_host else 0,
+        )
+        results.append(r)
+    one, many = results
+    return {
+        "section": "controller",
+        "tags": SUBSET_TAGS,
+        "users_per_host": 3,
         "first_converge_s": first,
-        "cases": [dict(fig, label=f"runtime start to first API answer (n={len(data['times'])})")]
-        + [c.result() for c in site_cases],
-        "targets": [target("start to first API answer (s)", fig["median_s"], "<", 5.0)]
-        + config_targets(triples, "whole site, 1 host"),
+        "what": "no-change rerun of site.yml --tags " + SUBSET_TAGS + ": controller CPU = rusage of ansible-playbook "
+        "and its children (workers, ssh clients); SSH sessions = invocations of ssh per host, counted in a separate "
+        "untimed run through a recording ssh_executable; cpu_busy_fraction = the machine's busy share (/proc/stat)",
+        "cases": results,
+        "targets": [
+            target(
+                f"{size} hosts vs 1 host wall time (busy {many.get('cpu_busy_fraction', 0):.0%} of the cores)",
+                many["median_s"] / one["median_s"],
+                "<=",
+                3.0,
+            ),
+            target(
+                f"controller CPU per host, {size} hosts vs 1 host",
+                many["controller_cpu_s_per_host"] / one["controller_cpu_s_per_host"],
+                "<=",
+                1.0,
+            ),
+        ],  # fmt: skip
     }
 
 
@@ -617,12 +812,37 @@ def print_table(sections: List[Dict[str, Any]]) -> None:
             print(f"  {t['verdict']:<5} {t['what']}: {t['value']:.2f} {t['op']} {t['bound']}")
 
 
+def write_results(results: Path, sections: List[Dict[str, Any]], meta: Dict[str, Any]) -> None:
+    for sec in sections:
+        path = results / f"{sec['section']}.json" if sec["section"] != "guard" else results / "guard-summary.json"
+        path.write_text(json.dumps(dict(sec, machine=meta), indent=2) + "\n")
+    # The summary covers every section file present, so `--only X` refreshes X and keeps the others.
+    summary: Dict[str, Any] = {"machine": meta, "sections": {}}
+    for name in SECTIONS:
+        path = results / (f"{name}.json" if name != "guard" else "guard-summary.json")
+        if path.exists():
+            data = json.loads(path.read_text())
+            summary["sections"][name] = {"started": data["machine"].get("started"), "targets": data["targets"]}
+    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases and one run each (a smoke test)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--repeat", type=int, help="runs per figure (default 3; 1 with --quick)")
-    parser.add_argument("--latency-repeat", type=int, default=10, help="runtime starts to time (default 10)")
+    parser.add_argument(
+        "--latency-repeat", type=int, help="interleaved bare/metalab start pairs to time (default 10; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--concurrent-rounds", type=int, help="rounds of ten users pressing Start at once (default 3; 1 with --quick)"
+    )
+    parser.add_argument(
+        "--site-reruns",
+        type=int,
+        help="whole-site no-change reruns per configuration in the latency section (default --repeat; 0 with "
+        "--quick; 0 skips them)",
+    )
     parser.add_argument(
         "--rtt-ms",
         default="10,30",
@@ -638,7 +858,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     unknown = only - set(SECTIONS)
     if unknown:
         parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
-    if {"users", "hosts", "config", "latency"} & only and os.geteuid() != 0:
+    if only - {"guard"} and os.geteuid() != 0:
         parser.error("the sandbox sections need root (labctl sandbox); run as root or use --only guard")
     try:
         rtts = sorted({float(x) for x in args.rtt_ms.split(",") if x.strip()} - {0.0})
@@ -655,21 +875,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="metalab-bench-"))
     sections: List[Dict[str, Any]] = []
+
+    def done(new: List[Dict[str, Any]]) -> None:
+        """Each section is written as soon as it is measured: a later section that fails keeps it."""
+        sections.extend(new)
+        write_results(results, new, dict(meta, loadavg_end=list(os.getloadavg())))
+
     try:
         if "users" in only:
             print("users: 1 host per user count ...", file=sys.stderr, flush=True)
             (work / "users").mkdir()
-            sections.append(section_users(work / "users", repeat, args.quick))
+            done([section_users(work / "users", repeat, args.quick)])
         if "hosts" in only or "config" in only:
             print("hosts/config: a fleet of sandboxes ...", file=sys.stderr, flush=True)
             (work / "fleet").mkdir()
-            sections += section_hosts(work / "fleet", repeat, args.quick, "config" in only, "hosts" in only, rtts)
-        if "latency" in only and not args.quick:
-            print("latency: converging the whole site on one sandbox (builds the runtime image) ...", file=sys.stderr)
+            done(section_hosts(work / "fleet", repeat, args.quick, "config" in only, "hosts" in only, rtts))
+        if {"latency", "concurrent"} & only:
+            print("latency/concurrent: the whole site on one sandbox (builds the runtime image) ...", file=sys.stderr)
             (work / "latency").mkdir()
-            sections.append(section_latency(work / "latency", args.latency_repeat, repeat, rtts))
+            latency_n = args.latency_repeat or (3 if args.quick else 10)
+            rounds = args.concurrent_rounds or (1 if args.quick else 3)
+            site = args.site_reruns if args.site_reruns is not None else (0 if args.quick else repeat)
+            done(section_runtime(work / "latency", latency_n, rounds, site, rtts, sorted(only)))
+        if "controller" in only:
+            print("controller: 1 and 10 sandboxes ...", file=sys.stderr, flush=True)
+            (work / "controller").mkdir()
+            done([section_controller(work / "controller", repeat, args.quick)])
         if "guard" in only:
-            sections.append(section_guard(work, 3 if args.quick else max(repeat, 5), results))
+            done([section_guard(work, 3 if args.quick else max(repeat, 5), results)])
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         print(f"logs kept in {work}", file=sys.stderr)
@@ -682,17 +915,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print_table(sections)
-    for sec in sections:
-        path = results / f"{sec['section']}.json" if sec["section"] != "guard" else results / "guard-summary.json"
-        path.write_text(json.dumps(dict(sec, machine=meta), indent=2) + "\n")
-    # The summary covers every section file present, so `--only X` refreshes X and keeps the others.
-    summary: Dict[str, Any] = {"machine": meta, "sections": {}}
-    for name in SECTIONS:
-        path = results / (f"{name}.json" if name != "guard" else "guard-summary.json")
-        if path.exists():
-            data = json.loads(path.read_text())
-            summary["sections"][name] = {"started": data["machine"].get("started"), "targets": data["targets"]}
-    (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {results}/*.json")
     return 0
 
