@@ -7,10 +7,22 @@ target folder, BackupError with a code)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
+from backup.conftest import (  # tests/unit/backup's homes and real repository
+    ALICE_FILES,
+    ALICE_UID,
+    BOB_FILES,
+    BOB_UID,
+    PASSWORD,
+    Lab,
+    empty_repo,  # noqa: F401 - a fixture
+    fill_home,
+    tree,
+)
 
 from metalab.brokerapi.client import BrokerError, backup_restore, backup_snapshots
 from metalab.host.broker import backups
@@ -219,3 +231,62 @@ def test_portal_shows_refusals_as_clear_messages(env: LabEnv, fake: FakeApi) -> 
     answer = browser.get("/backups")
     assert answer.status_code == 503 and "cannot be used right now" in answer.get_data(as_text=True)
     assert "vault" not in answer.get_data(as_text=True)
+
+
+# -- the broker with the real metalab.host.backup.api and restic (tests/unit/backup's lab) ------------------------
+
+
+@pytest.fixture
+def restic_lab(env: LabEnv, empty_repo: Path) -> Lab:  # noqa: F811 - the fixture imported above
+    """homes of alice and bob, a real repository with one backup of them, and the broker configured for it (the
+    layout of tests/unit/backup's lab, under this test's own directory)."""
+    root = env.tmp / "backup"
+    homes = root / "homes"
+    homes.mkdir(parents=True)
+    fill_home(homes / "alice", ALICE_UID, ALICE_FILES)
+    fill_home(homes / "bob", BOB_UID, BOB_FILES)
+    password = root / "password"
+    password.write_text(PASSWORD)
+    password.chmod(0o600)
+    repo = root / "repo"
+    shutil.copytree(empty_repo, repo)
+    users = {u: {"login": u, "home": str(homes / u), "quota_bytes": 50_000_000} for u in ("alice", "bob")}
+    config = root / "backup.json"
+    config.write_text(json.dumps({"host": "lab1", "repository": str(repo), "password_file": str(password),
+                                  "env_file": str(root / "env"), "homes_root": str(homes), "keep": {"last": 3},
+                                  "max_age_s": 3600, "state_dir": str(root / "state"), "users": users,
+                                  "metrics_path": str(root / "metalab-backup.prom")}))  # fmt: skip
+    lab = Lab(root, homes, repo, config, password, root / "state")
+    assert lab.cli("run")[0] == 0
+    env.stop_broker()
+    env.broker_data["backup_config"] = str(config)
+    env.start_broker()
+    return lab
+
+
+def test_real_restore_through_the_broker_is_byte_identical_and_only_her_own(env: LabEnv, restic_lab: Lab) -> None:
+    alice, bob = env.ticket("alice"), env.ticket("bob")
+    listed = backup_snapshots(env.client(), alice)["snapshots"]
+    assert len(listed) == 1 and str(restic_lab.repo) not in json.dumps(listed)
+    original = tree(restic_lab.home("alice") / "notebooks")
+    shutil.rmtree(restic_lab.home("alice") / "notebooks")
+    bob_before = tree(restic_lab.home("bob"))
+    # bob: not her paths, not as her
+    err = error_of(lambda: backup_restore(env.client(), bob, path="../alice/notebooks"))
+    assert err.code == "bad-request"
+    err = error_of(lambda: env.client().call("backup_restore", ticket=bob, user="alice", path="notebooks"))
+    assert err.code == "forbidden"
+    err = error_of(lambda: backup_restore(env.client(), bob, path="notebooks"))  # his home has none
+    assert err.code == "bad-request" and "not in snapshot" in str(err)
+    assert not (restic_lab.home("alice") / "restored").exists() and tree(restic_lab.home("bob")) == bob_before
+    # alice: her folder, into a new dated folder, byte for byte with modes and owners
+    result = backup_restore(env.client(), alice, listed[0]["short_id"], "notebooks")
+    assert result["folder"].startswith("restored/") and result["files"] == 2
+    assert tree(restic_lab.home("alice") / result["folder"] / "notebooks") == original
+    assert not (restic_lab.home("alice") / "notebooks").exists()  # never put back over her files
+    # a restore that does not fit her quota is refused, and nothing is written
+    restic_lab.set_config(users={"alice": {"login": "alice", "home": str(restic_lab.home("alice")), "quota_bytes": 1}})
+    before = tree(restic_lab.home("alice"))
+    err = error_of(lambda: backup_restore(env.client(), alice, path="notebooks"))
+    assert err.code == "refused" and "quota" in str(err)
+    assert tree(restic_lab.home("alice")) == before
