@@ -208,6 +208,26 @@ def restore_user(
             "path": rel or "."}  # fmt: skip
 
 
+def _reown(staged: str, owner: Tuple[int, int]) -> None:
+    """A rebuilt host may have given her account another uid: the empty home the lab_users role made says which.
+    Everything of the snapshot's owner of the home goes to that owner (root-only staging: no link is followed)."""
+    if not _as_root():
+        return
+    old = os.lstat(staged)
+    if (old.st_uid, old.st_gid) == owner:
+        return
+    for top, dirs, files in os.walk(staged):
+        for path in [top] + [os.path.join(top, n) for n in dirs + files]:
+            st = os.lstat(path)
+            uid = owner[0] if st.st_uid == old.st_uid else -1
+            gid = owner[1] if st.st_gid == old.st_gid else -1
+            if uid != -1 or gid != -1:
+                mode = stat.S_IMODE(st.st_mode)
+                os.lchown(path, uid, gid)
+                if not stat.S_ISLNK(st.st_mode):
+                    os.chmod(path, mode)  # chown clears setuid/setgid bits; keep the snapshot's mode
+
+
 def restore_host(cfg: Config, snapshot: Optional[str] = None) -> Dict[str, Any]:
     """Every home of the snapshot to its place on a fresh homes volume; refused when one of them is not empty."""
     import time
@@ -230,6 +250,7 @@ def restore_host(cfg: Config, snapshot: Optional[str] = None) -> Dict[str, Any]:
         if not homes:
             raise BackupError(f"snapshot {snap['short_id']} holds no home under {cfg.homes_root}", "bad-input")
         busy = []
+        owners: Dict[str, Tuple[int, int]] = {}
         for name in homes:
             path = os.path.join(cfg.homes_root, name)
             try:
@@ -238,6 +259,7 @@ def restore_host(cfg: Config, snapshot: Optional[str] = None) -> Dict[str, Any]:
                 continue
             if not stat.S_ISDIR(st.st_mode) or os.listdir(path):
                 busy.append(path)
+            owners[name] = (st.st_uid, st.st_gid)
         if busy:
             raise BackupError(
                 f"refused: {', '.join(busy)} not empty: a whole-host restore only fills absent or empty homes"
@@ -249,6 +271,8 @@ def restore_host(cfg: Config, snapshot: Optional[str] = None) -> Dict[str, Any]:
         try:
             _restic_restore(cfg, restic, snap["id"], stage, cfg.homes_root, now)
             for name in homes:
+                if name in owners:
+                    _reown(stage + prefix + name, owners[name])
                 # rename replaces only an empty directory: a home written meanwhile stops the restore, untouched.
                 try:
                     os.rename(stage + prefix + name, os.path.join(cfg.homes_root, name))
