@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from metalab.brokerapi.client import BrokerClient, BrokerError
 from metalab.portal.auth import AuthBackend, BrokerPasswordBackend, Identity
+from metalab.portal.backups import register_backups
 from metalab.portal.forms import (
     ActionForm,
     AdminExtendForm,
@@ -23,7 +24,7 @@ from metalab.portal.forms import (
     StartForm,
 )
 from metalab.portal.settings import Settings, load_or_create_secret, load_settings
-from metalab.portal.text import human_bytes, human_seconds, lab_user_of, refusal_title, safe_next
+from metalab.portal.text import human_bytes, human_seconds, human_time, lab_user_of, refusal_title, safe_next
 
 TOKEN_HEADER = "X-Lab-Token"
 USER_HEADER = "X-Lab-User"
@@ -70,6 +71,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
     app.extensions["metalab"] = {"settings": settings, "broker": broker, "auth": auth}
     app.jinja_env.filters["bytes"] = human_bytes
     app.jinja_env.filters["seconds"] = human_seconds
+    app.jinja_env.filters["when"] = human_time
     # Calls that may wait (password hashing, the guard lock, podman run): a few per worker process at a time, so the
     # worker's other threads stay free for /auth/check, which every JupyterLab request of every user goes through.
     slow_lane = threading.BoundedSemaphore(settings.slow_requests)
@@ -289,6 +291,8 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
             abort(400)
         broker.call("stop", ticket=ident.ticket)
         return redirect(url_for("my_lab"))
+
+    register_backups(app, broker, login_required, slow, own_user_only)
 
     # -- the front door's auth_request --------------------------------------------------------------------
 

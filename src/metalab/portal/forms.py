@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, SelectChoice, SelectField, StringField
-from wtforms.validators import DataRequired, EqualTo, Length, Regexp
+from wtforms.validators import DataRequired, EqualTo, Length, Optional, Regexp
 
 from metalab.rules import USER_NAME
 
@@ -38,3 +38,10 @@ class AdminExtendForm(FlaskForm):
 class EnrollForm(FlaskForm):
     password = PasswordField("New password", validators=[DataRequired(), Length(max=1024)])
     confirm = PasswordField("Again", validators=[DataRequired(), EqualTo("password", message="the passwords differ")])
+
+
+class RestoreForm(FlaskForm):
+    """Restore a folder of her home from one of her snapshots (the broker checks both again)."""
+
+    snapshot = StringField("Backup", validators=[Optional(), Regexp(r"\A[0-9a-f]{4,64}\Z")])
+    path = StringField("Folder", validators=[Optional(), Length(max=4096)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +30,21 @@ def human_seconds(seconds: Optional[int]) -> str:
     hours, rest = divmod(s, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def human_time(stamp: Optional[str]) -> str:
+    """``2026-11-30 12:03:11 +00:00`` for restic's ``2026-11-30T12:03:11.123456789+00:00`` (as is when unreadable)."""
+    if not stamp:
+        return "n/a"
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)?", stamp)
+    if match is None:
+        return stamp
+    try:
+        when = datetime.fromisoformat(match.group(1))
+    except ValueError:
+        return stamp
+    zone = match.group(2) or ""
+    return when.strftime("%Y-%m-%d %H:%M:%S") + (" UTC" if zone in ("Z", "+00:00") else f" {zone}" if zone else "")
 
 
 def safe_next(target: Optional[str]) -> str:

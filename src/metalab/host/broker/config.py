@@ -47,6 +47,7 @@ class BrokerConfig:
     enroll_ttl: int = 72 * 3600
     min_password_length: int = 10
     quota_file: Optional[str] = None
+    backup_config: Optional[str] = None  # metalab-backup's config (/etc/metalab/backup.json); None: no backups here
     scrypt: ScryptParams = field(default_factory=ScryptParams)
     max_hashing: int = 2  # concurrent password hashes (each takes 128*n*r bytes of memory)
 
@@ -130,6 +131,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> BrokerConfi
         enroll_ttl=_seconds(data, "enroll_ttl", base.enroll_ttl),
         min_password_length=min_len,
         quota_file=_path(data, "quota_file", None),
+        backup_config=_path(data, "backup_config", None),
         scrypt=params,
         max_hashing=int(data.get("max_hashing", base.max_hashing)),
     )

@@ -10,6 +10,9 @@ Error codes: ``bad-request``, ``unauthorized`` (no, bad, expired or revoked tick
 free GPU; nothing changed), ``busy`` (a start or stop of the same runtime is already in progress; nothing changed),
 ``failure`` (engine, ledger or config trouble).
 
+``backup_snapshots`` and ``backup_restore`` (metalab.host.broker.backups) show a user her own snapshots (ids and
+times, nothing else of the repository) and restore a folder of her own home into a new dated folder in it.
+
 The transport serves every connection in its own thread: a start that waits for the guard lock and ``podman run``
 delays nobody's ``token`` or ``status``. A user has at most one start or stop in flight; a second one is answered at
 once with ``busy``, so looping them cannot pile up waiting threads here or in the portal.
@@ -27,7 +30,9 @@ import time
 from typing import Any, Callable, Dict, Iterator, Optional, Set
 
 from metalab.host.broker.auth import AuthError, AuthStore, StoreError
+from metalab.host.broker.backups import BackupOps
 from metalab.host.broker.config import BrokerConfig
+from metalab.host.broker.errors import ApiError
 from metalab.host.broker.tickets import Ticket, TicketError, TicketSigner, load_or_create_key
 from metalab.host.guard.config import ConfigError, load_config
 from metalab.host.guard.engine import EngineError
@@ -51,12 +56,6 @@ def _listening(path: str) -> bool:
         return False
 
 
-class ApiError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 def _str_field(request: Dict[str, Any], key: str, limit: int = 1024) -> str:
     value = request.get(key)
     if not isinstance(value, str) or not value or len(value) > limit:
@@ -71,6 +70,7 @@ class Broker:
         self.signer = TicketSigner(load_or_create_key(config.key), config.ticket_ttl)
         self._busy: Set[str] = set()  # users whose runtime has a start or stop in flight
         self._busy_lock = threading.Lock()
+        self.backups = BackupOps(config.backup_config)
         self.ops: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "login": self.op_login,
             "logout": self.op_logout,
@@ -81,6 +81,8 @@ class Broker:
             "token": self.op_token,
             "enroll.check": self.op_enroll_check,
             "enroll.finish": self.op_enroll_finish,
+            "backup_snapshots": self.op_backup_snapshots,
+            "backup_restore": self.op_backup_restore,
             "admin.list": self.op_admin_list,
             "admin.stop": self.op_admin_stop,
             "admin.extend": self.op_admin_extend,
@@ -246,6 +248,7 @@ class Broker:
                 "gpus_free": len(lab.free_gpus()) if gpus_total else 0,
                 "runtime": runtime,
                 "quota": self._quota(name),
+                "backups": self.backups.configured,
                 "now": int(now),
             }
         finally:
@@ -271,6 +274,15 @@ class Broker:
         if ticket.user not in guard.users:
             return {"user": ticket.user, "token": None}
         return {"user": ticket.user, "token": read_token(guard.runtime.token_dir, ticket.user)}
+
+    # -- the caller's own backups ----------------------------------------------------------------------------
+
+    def op_backup_snapshots(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        return self.backups.snapshots(self._ticket(request).user)
+
+    def op_backup_restore(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        ticket = self._ticket(request)
+        return self.backups.restore(ticket.user, request.get("snapshot"), request.get("path"))
 
     # -- admin ------------------------------------------------------------------------------------------------
 
