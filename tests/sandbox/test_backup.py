@@ -1,8 +1,8 @@
 """Backups over SFTP between two nspawn sandboxes on the lab network (issue 21).
 
-bk-target is the inventory's lab_backup_target (role backup_target: an SFTP-only chrooted account); bk-lab is a
+bkp-target is the inventory's lab_backup_target (role backup_target: an SFTP-only chrooted account); bkp-lab is a
 lab host (base, storage, lab_users, backup) whose restic repository is
-sftp:metalab-backup@<bk-target's lab_address>:/bk-lab on the sandbox lab network, with a test schedule (every 30 s,
+sftp:metalab-backup@<bkp-target's lab_address>:/bkp-lab on the sandbox lab network, with a test schedule (every 30 s,
 5 s randomized delay). One converge is shared by every test (module fixture); the tests then run in file order:
 rerun changed=0, a snapshot on the schedule, restores through labctl, the refusals and failures. 6-8 minutes on the
 shared 2-core development machine, 5 of them the converge and its rerun; the backups themselves take seconds.
@@ -24,7 +24,7 @@ from conftest import LABCTL, failures, labctl, playbook, recap, ssh, up
 
 pytestmark = pytest.mark.sandbox
 
-LAB, TARGET = "bk-lab", "bk-target"
+LAB, TARGET = "bkp-lab", "bkp-target"
 TAGS = "base,storage,lab_users,backup"
 PASSWORD = "correct horse battery staple"
 LAB_VARS: dict[str, Any] = {
