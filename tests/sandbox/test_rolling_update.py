@@ -25,13 +25,20 @@ LAB_VARS = {
 }
 
 
+def _lab_plays(name: str) -> list:
+    """The plays of a playbook that provision lab hosts (site.yml also has one for the backup target)."""
+    return [p for p in yaml.safe_load((REPO / "playbooks" / name).read_text()) if "lab_hosts" in str(p["hosts"])]
+
+
 def _roles(name: str) -> list:
-    plays = yaml.safe_load((REPO / "playbooks" / name).read_text())
-    return [(r["role"], sorted(r.get("tags", []))) for play in plays for r in play.get("roles", [])]
+    return [(r["role"], sorted(r.get("tags", []))) for play in _lab_plays(name) for r in play.get("roles", [])]
 
 
 def test_rolling_update_applies_the_same_roles_as_site():
+    assert _roles("site.yml"), "site.yml has a lab hosts play"
     assert _roles("rolling_update.yml") == _roles("site.yml")
+    # The same hosts: a rolling update never drains the backup target as if it were a lab host.
+    assert [p["hosts"] for p in _lab_plays("rolling_update.yml")] == [p["hosts"] for p in _lab_plays("site.yml")]
 
 
 def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, tmp_path):
