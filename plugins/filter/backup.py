@@ -17,9 +17,9 @@ description:
   - Checks C(lab_backup_repository) (a local path, C(sftp:USER@HOST:/PATH) or another restic backend such as
     C(s3:...)), C(lab_backup_password), C(lab_backup_environment), C(lab_backup_keep), C(lab_backup_max_age) and
     C(lab_backup_randomized_delay); returns one message per problem (empty when everything is valid).
-  - For an SFTP repository on a host of the inventory group C(lab_backup_target) (C(target_names): those hosts'
-    names, C(ansible_host) and C(lab_address)): the repository must be C(sftp:ACCOUNT@TARGET:/repo), ACCOUNT being
-    this host's own account there (C(sftp_user), else C(mlb-<host>)).
+  - For an SFTP repository on a host of the inventory group C(lab_backup_target) (C(target_names) lists those
+    hosts' names, C(ansible_host) and C(lab_address)), the repository must be C(sftp:ACCOUNT@TARGET:/repo), ACCOUNT
+    being this host's own account there (C(sftp_user), else C(mlb-<host>)).
   - C(backup_sftp_user) gives a lab host's account on the backup target (C(host | backup_sftp_user(explicit)));
     C(backup_sftp_accounts) gives C({host, user, error}) for every client of a backup target.
   - The filter C(backup_known_hosts) turns C(lab_backup_sftp_host_key) into a known_hosts line for the
