@@ -1,17 +1,21 @@
 """Backups over SFTP between two nspawn sandboxes on the lab network (issue 21).
 
-bkp-target is the inventory's lab_backup_target (role backup_target: an SFTP-only chrooted account); bkp-lab is a
-lab host (base, storage, lab_users, backup) whose restic repository is
-sftp:metalab-backup@<bkp-target's lab_address>:/bkp-lab on the sandbox lab network, with a test schedule (every 30 s,
-5 s randomized delay). One converge is shared by every test (module fixture); the tests then run in file order:
-rerun changed=0, a snapshot on the schedule, restores through labctl, the refusals and failures. 6-8 minutes on the
-shared 2-core development machine, 5 of them the converge and its rerun; the backups themselves take seconds.
+bk-target is the inventory's lab_backup_target (role backup_target: one SFTP-only account per lab host, each in its
+own chroot); bk-lab is a lab host (base, storage, lab_users, backup) whose restic repository is
+sftp:mlb-bk-lab@<bk-target's lab_address>:/repo on the sandbox lab network, with a test schedule (every 30 s,
+5 s randomized delay). The target has a second client, bk-other (no sandbox: a key the test makes), and the files
+of the earlier one-account layout, which the converge must leave alone. One converge is shared by every test
+(module fixture); the tests then run in file order: rerun changed=0 (tags backup,backup_target), the isolation of
+the accounts, a snapshot on the schedule, restores through labctl, the refusals and failures. 3-6 minutes on the
+shared 2-core development machine (2m42s to 5m34s measured), most of them the sandboxes, the converge and its rerun
+(16 s with those tags); the backups themselves take seconds.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,8 +28,24 @@ from conftest import LABCTL, failures, labctl, playbook, recap, ssh, up
 
 pytestmark = pytest.mark.sandbox
 
-LAB, TARGET = "bkp-lab", "bkp-target"
+LAB, TARGET = "bk-lab", "bk-target"
+OTHER = "bk-other"  # a second client of the target: an account, no sandbox
 TAGS = "base,storage,lab_users,backup"
+# The rerun: the backup roles only (the other roles' idempotence is tested elsewhere); common runs as a dependency.
+RERUN_TAGS = "backup,backup_target"
+ROOT = "/srv/metalab-backup"
+# The lab host's own key, as restic uses it.
+KEY = "-i /etc/metalab/backup/id_ed25519 -o UserKnownHostsFile=/etc/metalab/backup/known_hosts -o BatchMode=yes"
+OTHER_KEY = "/root/bk-other-key"
+# The earlier layout (one account metalab-backup, a folder per host, one keys file), made before the converge.
+OLD_LAYOUT = (
+    f"getent passwd metalab-backup || useradd --system --user-group --home-dir {ROOT} --shell /usr/sbin/nologin"
+    f" metalab-backup; install -d -m 0755 {ROOT} /etc/ssh/metalab-backup;"
+    f" install -d -o metalab-backup -g metalab-backup -m 0700 {ROOT}/old-host;"
+    f" echo old-repository > {ROOT}/old-host/config;"
+    " echo 'restrict ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOld metalab-backup@old-host'"
+    " > /etc/ssh/metalab-backup/authorized_keys"
+)
 PASSWORD = "correct horse battery staple"
 LAB_VARS: dict[str, Any] = {
     "lab_homes_device": "none",
@@ -41,6 +61,7 @@ LAB_VARS: dict[str, Any] = {
     "lab_backup_max_age": "1h",
 }
 STATE = "/var/lib/metalab/backup"
+OLD_FILES = f"cat {ROOT}/old-host/config /etc/ssh/metalab-backup/authorized_keys"
 
 
 def sh(record: dict[str, Any], command: str, check: bool = True) -> str:
@@ -86,20 +107,28 @@ def lab(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         sandboxes = yaml.safe_load(labctl("inventory", LAB, TARGET).stdout)
         target_address = sandboxes["all"]["hosts"][TARGET]["lab_address"]
         sandboxes["all"]["children"]["lab_backup_target"] = {"hosts": {TARGET: None}}
-        sandboxes["all"]["hosts"][LAB]["lab_backup_repository"] = f"sftp:metalab-backup@{target_address}:/{LAB}"
+        sandboxes["all"]["hosts"][LAB]["lab_backup_repository"] = f"sftp:mlb-{LAB}@{target_address}:/repo"
+        sandboxes["all"]["hosts"][TARGET]["backup_target_clients"] = [LAB, OTHER]
         sandboxes["all"]["vars"].update(LAB_VARS)
         inventory = tmp / "inventory.yml"
         inventory.write_text(yaml.safe_dump(sandboxes))
+        sh(records[TARGET], OLD_LAYOUT)
+        old_layout = sh(records[TARGET], f"stat -c '%n %U %a' {ROOT}/old-host {ROOT}/old-host/config; {OLD_FILES}")
         started = time.monotonic()
         converge = playbook("site.yml", inventory, tags=TAGS)
         assert converge.returncode == 0, failures(converge)
-        yield Lab(records, inventory, tmp / "cache", time.monotonic() - started)
+        converge_s = time.monotonic() - started
+        # The earlier layout's files are as they were.
+        assert (
+            sh(records[TARGET], f"stat -c '%n %U %a' {ROOT}/old-host {ROOT}/old-host/config; {OLD_FILES}") == old_layout
+        )
+        yield Lab(records, inventory, tmp / "cache", converge_s)
     finally:
         labctl("down", LAB, TARGET, check=False)
 
 
 def test_rerun_of_site_changes_nothing(lab: Lab) -> None:
-    rerun = playbook("site.yml", lab.inventory, tags=TAGS)
+    rerun = playbook("site.yml", lab.inventory, tags=RERUN_TAGS)
     assert rerun.returncode == 0, failures(rerun)
     totals = recap(rerun.stdout)
     assert {host: t["changed"] for host, t in totals.items()} == {LAB: 0, TARGET: 0}, failures(rerun)
@@ -107,14 +136,53 @@ def test_rerun_of_site_changes_nothing(lab: Lab) -> None:
 
 def test_target_is_sftp_only_in_its_chroot(lab: Lab) -> None:
     # The lab host's own key, as restic uses it: SFTP works (its repository is there), a shell does not.
-    key = "-i /etc/metalab/backup/id_ed25519 -o UserKnownHostsFile=/etc/metalab/backup/known_hosts -o BatchMode=yes"
     address = lab.target["lab_address"]
-    listing = sh(lab.lab, f"echo 'ls /' | sftp {key} -b - metalab-backup@{address}")
-    assert LAB in listing
-    shell = ssh(lab.lab, f"sudo ssh {key} metalab-backup@{address} id")
+    listing = sh(lab.lab, f"echo 'ls /repo' | sftp {KEY} -b - mlb-{LAB}@{address}")
+    assert "/repo/config" in listing, listing
+    shell = ssh(lab.lab, f"sudo ssh {KEY} mlb-{LAB}@{address} id")
     assert shell.returncode != 0 and "uid=" not in shell.stdout
-    modes = sh(lab.target, f"stat -c '%U %a' /srv/metalab-backup /srv/metalab-backup/{LAB}").splitlines()
-    assert modes == ["root 755", "metalab-backup 700"]
+    modes = sh(lab.target, f"stat -c '%U %a' {ROOT} {ROOT}/mlb-{LAB} {ROOT}/mlb-{LAB}/repo").splitlines()
+    assert modes == ["root 755", "root 755", f"mlb-{LAB} 700"]
+    # Its key is in its own account's file only.
+    keys = sh(lab.target, "grep -l metalab-backup@bk-lab /etc/ssh/metalab-backup/* || true").split()
+    assert keys == [f"/etc/ssh/metalab-backup/mlb-{LAB}"], keys
+
+
+def sftp(lab: Lab, key: str, account: str, *commands: str) -> subprocess.CompletedProcess[str]:
+    """`sftp -b` on the lab host with KEY as ACCOUNT on the target, one line per command; stops at the first error."""
+    lines = " ".join(shlex.quote(c) for c in commands)
+    script = f"printf '%s\\n' {lines} | sftp {key} -b - {account}@{lab.target['lab_address']}"
+    return ssh(lab.lab, f"sudo bash -c {shlex.quote(script)}")
+
+
+def test_a_lab_hosts_key_reaches_its_own_repository_only(lab: Lab) -> None:
+    # The second client: its own key in its own account's file, and a file in its repository (put with its key).
+    sh(lab.lab, f"test -e {OTHER_KEY} || ssh-keygen -q -t ed25519 -N '' -C test@{OTHER} -f {OTHER_KEY}")
+    public = sh(lab.lab, f"cat {OTHER_KEY}.pub").strip()
+    sh(lab.target, f"echo 'restrict {public}' > /etc/ssh/metalab-backup/mlb-{OTHER}")
+    other_key = KEY.replace("/etc/metalab/backup/id_ed25519", OTHER_KEY)
+    sh(lab.lab, "echo 'backups of bk-other' > /root/other-secret")
+    put = sftp(lab, other_key, f"mlb-{OTHER}", "put /root/other-secret /repo/secret", "ls /repo")
+    assert put.returncode == 0 and "/repo/secret" in put.stdout, put.stdout + put.stderr
+    # Legitimate: the lab host lists, writes, reads and deletes in its own repository.
+    own = sftp(lab, KEY, f"mlb-{LAB}", "ls /", "put /root/other-secret /repo/probe", "get /repo/probe /root/probe.back",
+               "ls /repo", "rm /repo/probe")  # fmt: skip
+    assert own.returncode == 0 and "/repo/config" in own.stdout and "/repo/probe" in own.stdout, own.stdout + own.stderr
+    assert sh(lab.lab, "cat /root/probe.back").strip() == "backups of bk-other"
+    assert "/repo/probe" not in sftp(lab, KEY, f"mlb-{LAB}", "ls /repo").stdout
+    # Its chroot holds its repository only: nothing of the other client, nor of the earlier layout, is in sight.
+    root = sftp(lab, KEY, f"mlb-{LAB}", "ls -a /")
+    assert root.returncode == 0 and OTHER not in root.stdout and "old-host" not in root.stdout, root.stdout
+    # The attack: the other client's folder, by every path, can neither be listed, read nor deleted.
+    for path in ("/../mlb-bk-other/repo", f"{ROOT}/mlb-{OTHER}/repo", "/mlb-bk-other/repo"):
+        for command in (f"ls {path}", f"get {path}/secret /root/stolen", f"rm {path}/secret"):
+            attempt = sftp(lab, KEY, f"mlb-{LAB}", command)
+            assert attempt.returncode != 0, f"{command}: {attempt.stdout}{attempt.stderr}"
+    assert sh(lab.lab, "test -e /root/stolen && echo yes || echo no").strip() == "no"
+    # Nor with the other account's name and the lab host's key; the earlier shared account is shut.
+    for account in (f"mlb-{OTHER}", "metalab-backup"):
+        assert sftp(lab, KEY, account, "ls /").returncode != 0, account
+    assert sh(lab.target, f"cat {ROOT}/mlb-{OTHER}/repo/secret").strip() == "backups of bk-other"
 
 
 def test_snapshot_appears_on_the_schedule(lab: Lab) -> None:
@@ -169,7 +237,7 @@ def test_labctl_run_and_measure(quiet: Lab) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert f"{LAB}: backed up, snapshot" in run.stdout
     homes = int(sh(lab.lab, "du -sb /srv/metalab/homes | cut -f1"))
-    repo = int(sh(lab.target, f"du -sb /srv/metalab-backup/{LAB} | cut -f1"))
+    repo = int(sh(lab.target, f"du -sb {ROOT}/mlb-{LAB}/repo | cut -f1"))
     print(f"\nbackup numbers: converge {lab.converge_s:.0f}s, labctl backup run {elapsed:.1f}s ({run.stdout.strip()}),"
           f" homes {homes} bytes, repository {repo} bytes")  # fmt: skip
     assert 0 < repo < 2 * homes
