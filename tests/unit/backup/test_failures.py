@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shlex
+import shutil
+import subprocess
+
+import pytest
 
 from metalab.host.backup import cli, state
 from metalab.host.backup.config import load_config
 from metalab.host.backup.restic import Restic, sftp_command
 
-from .conftest import Lab, tree
+from .conftest import AS_ROOT, Lab, tree
 
 
 def test_wrong_password_is_named_recorded_and_cleared_by_the_next_good_run(lab: Lab) -> None:
@@ -97,3 +102,28 @@ def test_env_file_reaches_restic(lab: Lab) -> None:
     (lab.root / "etc" / "env").write_text("# S3 credentials\nAWS_ACCESS_KEY_ID=AKIA123\nexport B='two words'\n")
     env = Restic(load_config(str(lab.config))).env()
     assert env["AWS_ACCESS_KEY_ID"] == "AKIA123" and env["B"] == "two words"
+
+
+def test_a_full_target_is_named_shown_in_status_and_changes_nothing(lab: Lab) -> None:
+    # A 1 MiB tmpfs holds the empty repository but not alice's 1.2 MB of random data: restic hits ENOSPC.
+    if not AS_ROOT:
+        if os.environ.get("METALAB_REQUIRE_ALL") == "1":  # make test: a missing requirement fails
+            pytest.fail("a full backup target is made with a tmpfs mount, which needs root")
+        pytest.skip("a full backup target is made with a tmpfs mount, which needs root")
+    small = lab.root / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
+    try:
+        shutil.copytree(lab.repo, small / "repo")
+        lab.set_config(repository=str(small / "repo"))
+        before = tree(lab.homes)
+        code, out = lab.cli("run")
+        assert code == 1 and out["code"] == "failure" and "is full" in out["error"], out
+        assert "is full" in lab.cli("status")[1]["last_error"]["message"]
+        assert tree(lab.homes) == before
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+    # The same backup to a repository with room works, through the same command.
+    lab.set_config(repository=str(lab.repo))
+    assert lab.cli("run")[0] == 0
+    assert lab.cli("status")[1]["last_error"] is None
