@@ -100,8 +100,9 @@ def drain(
 ) -> Dict[str, Any]:
     """Drain the host and warn the users of its running runtimes (notice file in the home and their terminals).
 
-    The drain and the warnings hold the guard lock, so a start in progress finishes first: afterwards every
-    runtime of the host is in ``running`` or will be refused. Then wait up to ``wait`` seconds for the running
+    The drain file is set under the guard lock, and the starts already past their drain check are waited for,
+    so a start in progress finishes first: afterwards every runtime of the host is in ``running`` or will be
+    refused. Then wait up to ``wait`` seconds for the running
     ones to end (the guard's own reconcile sees them go), and with ``stop`` stop those still running
     (graceful, end reason ``host-update``).
     """
@@ -109,6 +110,16 @@ def drain(
         raise files.FileError(f"the guard lock {lab.config.lock} is held; try again in a minute")
     try:
         created = set_drain(lab.config.drain_file, reason)
+    finally:
+        lab.lock.release()
+    # No start begins after the drain file is set (a start checks it under the lock); those already past that check
+    # run their podman run without the lock: they finish first, so that every runtime below is running or gone.
+    late = lab.wait_for_starts(lab.config.lock_timeout)
+    if late:
+        raise files.FileError(f"starts of {', '.join(late)} are still in progress; run the drain again in a minute")
+    if not lab.lock.acquire(lab.config.lock_timeout):
+        raise files.FileError(f"the guard lock {lab.config.lock} is held; try again in a minute")
+    try:
         current = read(lab.config.drain_file)
         message = drain_message(lab.config.host, current.reason if current else reason)
         warned: List[str] = []

@@ -6,8 +6,15 @@ too (up to ``run_lock_wait``) and goes first: it announces itself on ``<lock>.ga
 stop does not take the lock while a guard run is announced, so a user who loops start/stop through the portal delays
 enforcement only by the operations already under way (one per user through the broker). A run that still could not
 take the lock is recorded (``guard.last-skip`` beside the ledger, a counter in the ledger's meta) for ``labctl
-doctor`` and the metrics. Because a start holds the lock from its ledger insert to ``podman run`` returning, a guard
-run never mistakes a start in progress for a crash.
+doctor`` and the metrics.
+
+A start holds the guard lock only for its decisions (limits, budget, GPU, the ledger's ``starting`` row) and for
+recording the outcome; the slow part in between (her token, socket tmpfs, ``podman run``) runs without it, so ten
+users pressing Start at once do not queue behind each other's ``podman run``. During that part the start holds a
+per-user start lock (``start-<user>.lock`` beside the guard lock). Whoever holds the guard lock and meets a
+``starting`` row whose start lock is held knows the start is in progress, not crashed: reconcile leaves it alone, a
+stop waits for it, a drain waits for every one of them. A start killed midway drops its start lock with its
+process, and the next reconcile treats its row as before (promoted when its container runs, else closed).
 
 This file is over 400 lines because Lab is one class on purpose: every operation that changes a runtime follows
 the same lock, ledger and engine order (ledger row first, podman second, ledger again), and keeping start, stop,
@@ -43,6 +50,7 @@ from metalab.host.guard.policy import (
     start_decision,
 )
 from metalab.host.guard.report import NOTICE_DIR, NOTICE_FILE, Failure, Refused, RunReport
+from metalab.rules import USER_NAME
 
 log = logging.getLogger("metalab.guard")
 
@@ -102,6 +110,40 @@ class Lab:
         self.gate.release()
         if not self.lock.acquire(max(0.0, deadline_at - time.monotonic())):
             raise Failure(f"another metalab-guard holds {self.config.lock}; try again in a moment")
+
+    def start_lock(self, user: str) -> GuardLock:
+        if not USER_NAME.fullmatch(user):  # the name becomes part of a path in the root-only lock directory
+            raise Refused(f"invalid user name {user!r}")
+        return GuardLock(os.path.join(os.path.dirname(os.path.abspath(self.config.lock)), f"start-{user}.lock"))
+
+    def start_in_progress(self, row: Runtime) -> bool:
+        """Whether ROW is a start whose process is still at work (it holds the user's start lock)."""
+        if row.state != "starting":
+            return False
+        probe = self.start_lock(row.user)
+        if probe.acquire(0):
+            probe.release()
+            return False
+        return True
+
+    def wait_for_start(self, user: str, wait: float) -> bool:
+        """Wait (without the guard lock) until no start of USER is at work; False when WAIT ran out first."""
+        if user not in self.config.users:
+            return True  # never started here: nothing to wait for (and no lock file made for a stray name)
+        probe = self.start_lock(user)
+        if probe.acquire(wait):
+            probe.release()
+            return True
+        return False
+
+    def wait_for_starts(self, wait: float) -> List[str]:
+        """Wait for every start at work on the host (call without the guard lock); the users still starting."""
+        deadline_at = time.monotonic() + wait
+        late = []
+        for row in self.ledger.open_runtimes():
+            if row.state == "starting" and not self.wait_for_start(row.user, max(0.0, deadline_at - time.monotonic())):
+                late.append(row.user)
+        return late
 
     def policy_for(self, user: str) -> Policy:
         known = self.config.users.get(user)
@@ -165,6 +207,8 @@ class Lab:
         for row in open_rows:
             info = containers.get(row.container)
             ours = info is not None and info.session == row.id
+            if self.start_in_progress(row):
+                continue  # its podman run is under way; the start records the outcome itself
             try:
                 if row.state == "stopping":
                     self._finish_stop(row, now, report)
@@ -221,25 +265,33 @@ class Lab:
                 raise Refused(f"{name} may not start GPU runtimes (users.{name}.gpu is false)")
             if not self.config.runtime.gpus:
                 raise Refused(f"host {self.config.host} has no GPUs")
+        start_lock = self.start_lock(name)
         self._locked()
         try:
-            # Checked under the lock: once `metalab-guard drain` has returned, no start slips through.
+            # Checked under the lock: once `metalab-guard drain` has set its file, no new start slips through (and
+            # the drain waits for the starts that were already past this point).
             draining = drain.read(self.config.drain_file)
             if draining is not None:
                 raise Refused(drain.refusal(self.config.host, draining))
             now = time.time() if now is None else now
             report = RunReport()
             self.reconcile(now, report)  # frees GPUs of crashed runtimes; errors there are retried by the guard
-            return self._start_locked(user, kind, now)
+            row = self._reserve(user, kind, now, start_lock)
         finally:
             self.lock.release()
+        try:
+            return self._launch(user, row, now)
+        finally:
+            start_lock.release()
 
     def free_gpus(self, open_rows: Optional[List[Runtime]] = None) -> List[int]:
         rows = self.ledger.open_runtimes() if open_rows is None else open_rows
         busy = {r.gpu for r in rows if r.gpu is not None}
         return [g for g in self.config.runtime.gpus if g not in busy]
 
-    def _start_locked(self, user: User, kind: str, now: float) -> Dict[str, Any]:
+    def _reserve(self, user: User, kind: str, now: float, start_lock: GuardLock) -> Runtime:
+        """Phase one of a start, under the guard lock: every decision, then the ``starting`` row, with the user's
+        start lock held from here until the start has recorded its outcome."""
         existing = self.ledger.open_for_user(user.name)
         if existing is not None and existing.state == "stopping":
             raise Refused(f"the previous runtime of {user.name} is still stopping; try again in a minute")
@@ -260,10 +312,21 @@ class Lab:
                 raise Refused(f"no GPU runtime available right now ({total} of {total} in use)")
             gpu = free[0]
         name = container_name(user.name)
+        if not start_lock.acquire(0):  # only a start killed between its insert and here could hold it; it is gone
+            raise Refused(f"a start of {user.name}'s runtime is in progress; try again in a moment")
         try:
-            row = self.ledger.insert_starting(user.name, self.config.host, kind, gpu, name, now, self.actor)
+            return self.ledger.insert_starting(user.name, self.config.host, kind, gpu, name, now, self.actor)
         except LedgerError as exc:
+            start_lock.release()
             raise Refused(str(exc)) from None
+        except BaseException:
+            start_lock.release()
+            raise
+
+    def _launch(self, user: User, row: Runtime, now: float) -> Dict[str, Any]:
+        """Phase two, without the guard lock (the user's start lock keeps reconcile, stop and drain off this row):
+        her token and socket tmpfs, ``podman run``, then the outcome in the ledger."""
+        kind, gpu, name = row.kind, row.gpu, row.container
         env_file: Optional[str] = None
         try:
             rt = self.config.runtime
@@ -322,10 +385,16 @@ class Lab:
         return closed
 
     def stop(self, name: str, reason: str = "admin", now: Optional[float] = None) -> Dict[str, Any]:
+        # A start of hers at work (its podman run under way) finishes first; the stop then stops what it started.
+        # The wait happens without the guard lock: the start never needs it again.
+        if not self.wait_for_start(name, self.config.lock_timeout):
+            raise Failure(f"a start of {name}'s runtime is still in progress; try again in a moment")
         self._locked()
         try:
             now = time.time() if now is None else now
             row = self.ledger.open_for_user(name)
+            if row is not None and self.start_in_progress(row):  # a new start slipped in between: it is hers
+                raise Failure(f"a start of {name}'s runtime is in progress; try again in a moment")
             if row is None:
                 if name not in self.config.users:
                     raise Refused(f"unknown user {name!r}: not a lab user on {self.config.host}")
