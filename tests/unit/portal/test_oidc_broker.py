@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Dict, Iterator, Tuple
 
 import pytest
@@ -161,9 +162,10 @@ def test_alg_none_is_refused(sso: LabEnv, issuer: str) -> None:
 def test_a_present_user_without_a_password_gets_a_ticket_and_a_password_ends_it(sso: LabEnv, issuer: str) -> None:
     from metalab.host.broker.auth import AuthStore
 
-    passwords = json.loads(open(sso.broker_config.passwords).read())
+    path = Path(sso.broker_config.passwords)
+    passwords = json.loads(path.read_text())
     passwords["users"].pop("bob")
-    open(sso.broker_config.passwords, "w").write(json.dumps(passwords))
+    path.write_text(json.dumps(passwords))
     ticket = sso.client().call("login.oidc", id_token=sign(claims(issuer, "bob@lab.test", "n-2")), nonce="n-2")
     assert sso.client().call("whoami", ticket=ticket["ticket"])["user"] == "bob"
     AuthStore(sso.broker_config).set_password("bob", "bob-new-secret-1")

@@ -146,7 +146,8 @@ class OidcVerifier:
             }
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("oidc: cannot fetch the keys of %s: %s", issuer, exc)
-            raise ApiError("failure", f"the sign-in provider {issuer} cannot be reached right now; try again later")
+            message = f"the sign-in provider {issuer} cannot be reached right now; try again later"
+            raise ApiError("failure", message) from None
         self._keys, self._keys_at = keys, time.time()
 
     def _key(self, kid: str) -> Dict[str, Any]:
