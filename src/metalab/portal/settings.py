@@ -9,7 +9,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
-from metalab.portal.oidc import OidcSettings, parse_auth_settings
+from metalab.portal.oidc_settings import OidcSettings, parse_auth_settings
 
 DEFAULT_CONFIG = "/etc/metalab/portal.json"
 CONFIG_ENV = "METALAB_PORTAL_CONFIG"

@@ -14,7 +14,8 @@ import requests
 
 from metalab.brokerapi.client import BrokerError
 from metalab.portal.app import create_app
-from metalab.portal.oidc import OidcSettings, make_backend, parse_auth_settings
+from metalab.portal.oidc import make_backend
+from metalab.portal.oidc_settings import OidcSettings, parse_auth_settings
 from metalab.portal.settings import Settings, SettingsError, parse_settings
 
 from .conftest import BASE, Browser, LabEnv
