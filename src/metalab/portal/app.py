@@ -13,7 +13,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from metalab.brokerapi.client import BrokerClient, BrokerError
-from metalab.portal.auth import AuthBackend, BrokerPasswordBackend, Identity
+from metalab.portal.auth import AuthBackend, Identity
 from metalab.portal.backups import register_backups
 from metalab.portal.forms import (
     ActionForm,
@@ -23,6 +23,7 @@ from metalab.portal.forms import (
     LoginForm,
     StartForm,
 )
+from metalab.portal.oidc import make_backend, register_oidc
 from metalab.portal.settings import Settings, load_or_create_secret, load_settings
 from metalab.portal.text import human_bytes, human_seconds, human_time, lab_user_of, refusal_title, safe_next
 
@@ -67,7 +68,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         app.wsgi_app = LoopbackProxyFix(app.wsgi_app, settings.proxy_hops)  # type: ignore[method-assign]
     CSRFProtect(app)
     broker = BrokerClient(settings.broker_socket)
-    auth = backend or BrokerPasswordBackend(broker)
+    auth = backend or make_backend(settings.auth, settings.oidc, broker)
     app.extensions["metalab"] = {"settings": settings, "broker": broker, "auth": auth}
     app.jinja_env.filters["bytes"] = human_bytes
     app.jinja_env.filters["seconds"] = human_seconds
@@ -293,6 +294,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         return redirect(url_for("my_lab"))
 
     register_backups(app, broker, login_required, slow, own_user_only)
+    register_oidc(app, auth, start_identity, slow)
 
     # -- the front door's auth_request --------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
+
+from metalab.portal.oidc_settings import OidcSettings, parse_auth_settings
 
 DEFAULT_CONFIG = "/etc/metalab/portal.json"
 CONFIG_ENV = "METALAB_PORTAL_CONFIG"
@@ -29,6 +31,8 @@ class Settings:
     # Logins, starts, stops and enrollments in progress at a time in one worker process; more are answered 503 at
     # once, so the worker's other threads always serve /auth/check and the pages (gunicorn --threads above this).
     slow_requests: int = 4
+    auth: Tuple[str, ...] = ("password",)  # "password" and/or "oidc" (metalab.portal.oidc)
+    oidc: Optional[OidcSettings] = None
 
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
@@ -48,6 +52,10 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         value = values[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise SettingsError(f"portal config: {key}: expected an integer >= {least}")
+    try:
+        values["auth"], values["oidc"] = parse_auth_settings(values["auth"], values["oidc"])
+    except ValueError as exc:
+        raise SettingsError(f"portal config: {exc}") from None
     return Settings(**values)
 
 

@@ -7,6 +7,7 @@ import pwd
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
+from metalab.host.broker.oidc import OidcConfig, parse_oidc
 from metalab.host.guard.files import read_json_config
 from metalab.host.guard.policy import parse_duration
 from metalab.rules import USER_NAME
@@ -50,6 +51,7 @@ class BrokerConfig:
     backup_config: Optional[str] = None  # metalab-backup's config (/etc/metalab/backup.json); None: no backups here
     scrypt: ScryptParams = field(default_factory=ScryptParams)
     max_hashing: int = 2  # concurrent password hashes (each takes 128*n*r bytes of memory)
+    oidc: Optional[OidcConfig] = None  # single sign-on (metalab.host.broker.oidc); None: passwords only
 
 
 def _expect(cond: bool, message: str) -> None:
@@ -111,6 +113,10 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> BrokerConfi
     _expect(isinstance(failures, int) and failures >= 1, "lockout_failures: expected a positive integer")
     min_len = data.get("min_password_length", base.min_password_length)
     _expect(isinstance(min_len, int) and min_len >= 8, "min_password_length: expected an integer >= 8")
+    try:
+        oidc = parse_oidc(data.get("oidc"))
+    except ValueError as exc:
+        raise BrokerConfigError(str(exc)) from None
     group = data.get("socket_group", base.socket_group)
     _expect(group is None or (isinstance(group, str) and bool(group)), "socket_group: expected a group name")
     return BrokerConfig(
@@ -134,6 +140,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> BrokerConfi
         backup_config=_path(data, "backup_config", None),
         scrypt=params,
         max_hashing=int(data.get("max_hashing", base.max_hashing)),
+        oidc=oidc,
     )
 
 

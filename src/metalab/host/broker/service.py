@@ -33,6 +33,7 @@ from metalab.host.broker.auth import AuthError, AuthStore, StoreError
 from metalab.host.broker.backups import BackupOps
 from metalab.host.broker.config import BrokerConfig
 from metalab.host.broker.errors import ApiError
+from metalab.host.broker.oidc import OidcVerifier
 from metalab.host.broker.tickets import Ticket, TicketError, TicketSigner, load_or_create_key
 from metalab.host.guard.config import ConfigError, load_config
 from metalab.host.guard.engine import EngineError
@@ -63,6 +64,13 @@ def _str_field(request: Dict[str, Any], key: str, limit: int = 1024) -> str:
     return value
 
 
+def _generation(auth: AuthStore, user: str) -> int:
+    """The password generation tickets carry; -1 for a user without a password (single sign-on only), so setting a
+    first password ends her single sign-on sessions as any password change does."""
+    generation = auth.generation(user)
+    return -1 if generation is None else generation
+
+
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
@@ -71,8 +79,10 @@ class Broker:
         self._busy: Set[str] = set()  # users whose runtime has a start or stop in flight
         self._busy_lock = threading.Lock()
         self.backups = BackupOps(config.backup_config)
+        self.oidc = OidcVerifier(config.oidc) if config.oidc else None
         self.ops: Dict[str, Callable[[Dict[str, Any]], Any]] = {
             "login": self.op_login,
+            "login.oidc": self.op_login_oidc,
             "logout": self.op_logout,
             "whoami": self.op_whoami,
             "status": self.op_status,
@@ -119,7 +129,7 @@ class Broker:
             ticket = self.signer.verify(request.get("ticket"))
         except TicketError as exc:
             raise ApiError("unauthorized", f"not logged in ({exc}); log in again") from None
-        if self.auth.generation(ticket.user) != ticket.generation or self.auth.is_revoked(ticket.ticket_id):
+        if _generation(self.auth, ticket.user) != ticket.generation or self.auth.is_revoked(ticket.ticket_id):
             raise ApiError("unauthorized", "this session has ended (logged out or password changed); log in again")
         return ticket
 
@@ -187,6 +197,16 @@ class Broker:
         account = self.auth.login(user, password, client if isinstance(client, str) else "")
         log.info("login of %s", account.user)
         return self._login_result(account.user, account.generation)
+
+    def op_login_oidc(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """Single sign-on: an ID token from the portal's code exchange, checked here (metalab.host.broker.oidc)."""
+        if self.oidc is None:
+            raise ApiError("bad-request", "single sign-on is not configured on this lab")
+        claims = self.oidc.verify(_str_field(request, "id_token", 16384), _str_field(request, "nonce", 256))
+        users = load_config(self.config.guard_config).users
+        user = self.oidc.lab_user(claims, lambda name: name in users)
+        log.info("single sign-on of %s (subject %s)", user, str(claims.get("sub"))[:128])
+        return self._login_result(user, _generation(self.auth, user))
 
     def op_logout(self, request: Dict[str, Any]) -> Dict[str, Any]:
         ticket = self._ticket(request)
