@@ -138,3 +138,22 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(env, lab):
 
 def test_the_container_path_is_in_the_mounted_socket_dir():
     assert runtime_status.CONTAINER_STATUS_PATH == "/run/lab/metalab-status.json"
+
+
+def test_a_drain_warning_reaches_her_status_file_too(env, lab):
+    from metalab.host.guard import drain
+
+    lab.start("alice", "cpu", T0)
+    drain.drain(lab, "fleet update", T0 + M)
+    warning = read_status(env)["warning"]
+    assert warning["at"] == format_iso(T0 + M) and "is being updated (fleet update)" in warning["message"]
+    lab.run(T0 + 2 * M)  # later runs keep it until a newer warning comes
+    assert "fleet update" in read_status(env)["warning"]["message"]
+
+
+def test_the_server_extension_reads_the_path_the_guard_writes():
+    from pathlib import Path
+
+    server = Path(__file__).resolve().parents[3] / "roles/runtime_image/files/metalab-jupyterlab"
+    text = (server / "metalab_jupyterlab_status.py").read_text()
+    assert f'STATUS_PATH = "{runtime_status.CONTAINER_STATUS_PATH}"' in text

@@ -34,6 +34,9 @@ STATUS_FILE = "metalab-status.json"
 CONTAINER_STATUS_PATH = f"{CONTAINER_SOCKDIR}/{STATUS_FILE}"
 # Contract 1 of issue 19: {"<user>": {"used_bytes", "limit_bytes", "measured_at"}}, written by `metalab-guard usage`.
 USAGE_FILE = "/var/lib/metalab/usage.json"
+# Ledger events that are warnings she sees: the guard's before a stop (limit, budget), a drain's (an update comes).
+DRAIN_WARNED = "drain-warned"
+WARNING_EVENTS = ("warned", DRAIN_WARNED)
 # A usage file bigger than this is not read (it holds one short line per lab user).
 USAGE_FILE_MAX_BYTES = 4 * 1024 * 1024
 
@@ -59,8 +62,8 @@ def home_usage(user: str, usage_file: Optional[str] = None) -> Optional[Dict[str
 
 
 def newest_warning(ledger: Ledger, runtime_id: int) -> Optional[Dict[str, Any]]:
-    """The newest warning the guard sent this runtime (from the ledger's events), or None."""
-    events = ledger.events(runtime_id, "warned")
+    """The newest warning the guard sent this runtime (from the ledger's events: limit, budget or drain), or None."""
+    events = [e for e in ledger.events(runtime_id) if e["action"] in WARNING_EVENTS]
     if not events:
         return None
     last = events[-1]
