@@ -35,7 +35,7 @@ WITH_MITOGEN = exports=$$($(VENV)/bin/python -c "$$MITOGEN_PY"); eval "$$exports
 	echo "MITOGEN=1: ANSIBLE_STRATEGY=$$ANSIBLE_STRATEGY ANSIBLE_STRATEGY_PLUGINS=$$ANSIBLE_STRATEGY_PLUGINS";
 endif
 
-.PHONY: help deps venv forget-installed-collection lint unit sandbox-tests molecule e2e bench test _test demo demo-down clean-sandboxes clean
+.PHONY: help deps venv forget-installed-collection labextension lint unit sandbox-tests molecule e2e bench test _test demo demo-down clean-sandboxes clean
 
 help:
 	@echo "make demo       bring up a sandbox lab host, provision it, print how to reach it"
@@ -43,6 +43,7 @@ help:
 	@echo "make test       everything CI runs: lint, unit, sandbox, molecule ($(SCENARIOS)) with browser end to end"
 	@echo "make lint | unit | sandbox-tests | molecule | e2e   one layer"
 	@echo "make bench      benchmarks (BENCH_ARGS=--quick for a short run)"
+	@echo "make labextension  rebuild the runtime image's JupyterLab extension bundle (needs node 20, npm)"
 	@echo "MITOGEN=1       sandbox-tests, molecule, e2e (and test) run Ansible with Mitogen for Ansible"
 
 deps:
@@ -72,6 +73,10 @@ lint: venv forget-installed-collection
 	ruff format --check src plugins tests benchmarks tools
 	mypy
 	python tools/role_docs.py --check
+
+# The prebuilt bundle is committed (make test and lab admins need no node); this rebuilds it from its source.
+labextension:
+	$(PYTHON) tools/labextension.py
 
 unit: venv
 	pytest -q tests/unit

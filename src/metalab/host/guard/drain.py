@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from metalab.host.guard import files
+from metalab.host.guard import files, runtime_status
 from metalab.host.guard.policy import format_clock, format_iso
 from metalab.host.guard.report import NOTICE_DIR, NOTICE_FILE, RunReport
 
@@ -135,6 +135,8 @@ def drain(
                 delivered = True
             if delivered:
                 warned.append(row.user)
+                lab.ledger.record_event(now, row.id, row.user, runtime_status.DRAIN_WARNED, lab.actor, message=message)
+                runtime_status.publish(lab, row, now)  # her JupyterLab shows it too
         running = _running(lab)
     finally:
         lab.lock.release()

@@ -31,7 +31,7 @@ import subprocess
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from metalab.host.guard import drain, files
+from metalab.host.guard import drain, files, runtime_status
 from metalab.host.guard.config import Config, User
 from metalab.host.guard.engine import ContainerInfo, ContainerSpec, EngineError, PodmanEngine, container_name
 from metalab.host.guard.ledger import Ledger, LedgerError, Runtime
@@ -372,6 +372,7 @@ class Lab:
         log.info("started %s runtime for %s (session %d, gpu %s)", kind, user.name, row.id, gpu)
         started = self.ledger.get(row.id)
         assert started is not None
+        runtime_status.publish(self, started, now)
         return self._describe(started, self._history(now), now)
 
     def _stop_row(self, row: Runtime, reason: str, now: float) -> bool:
@@ -476,6 +477,7 @@ class Lab:
                 log.warning("could not write the warning to the terminals of %s", row.container)
         if delivered:
             self.ledger.record_warnings(row.id, offsets, now, self.actor, message)
+            runtime_status.publish(self, row, now)  # the warning reaches her JupyterLab page too
             log.info("warned %s: %s", row.user, message)
 
     def run(self, now: Optional[float] = None) -> RunReport:
@@ -510,6 +512,7 @@ class Lab:
                 except EngineError as exc:
                     report.errors.append(f"{row.user}: {exc}")
                     log.error("%s: %s", row.user, exc)
+            runtime_status.publish_all(self, now)
             self.ledger.set_meta("last_run", repr(now))
             self._mark_last_run(now)
             return report
