@@ -8,6 +8,7 @@ import shutil
 import socketserver
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -129,6 +130,7 @@ class FakeJupyter:
         self.base = base.rstrip("/")
         self.requests: List[Tuple[str, Optional[str]]] = []
         self.answers: Dict[str, Tuple[int, Any]] = {}
+        self.trickle = 0.0  # seconds between the bytes of an answer (a JupyterLab that stalls the guard)
         self.set(last=T0)
         fake = self
 
@@ -144,7 +146,13 @@ class FakeJupyter:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                if not fake.trickle:
+                    self.wfile.write(data)
+                    return
+                for byte in data:
+                    time.sleep(fake.trickle)
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -192,7 +200,7 @@ def test_probe_asks_without_counting_as_activity(short_dir):
         got = idle.probe(os.path.join(short_dir, "jupyter.sock"), "/user/alice/", "s3cret")
         assert got == Activity(pytest.approx(T0 + 5 * M, abs=1), True, 0)
         assert fake.requests == [
-            ("/user/alice/api/status", "token s3cret"),
+            ("/user/alice/api/status", "token s3cret"),  # /api/status never counts as activity
             ("/user/alice/api/kernels?no_track_activity=1", "token s3cret"),
             ("/user/alice/api/terminals?no_track_activity=1", "token s3cret"),
         ]
@@ -202,20 +210,66 @@ def test_probe_asks_without_counting_as_activity(short_dir):
         assert idle.probe(os.path.join(short_dir, "jupyter.sock"), "/user/alice/", "s3cret").busy
     finally:
         fake.close()
+    with pytest.raises(idle.ProbeError, match="no runtime token"):
+        idle.probe_runtime(short_dir, short_dir, "alice", os.getuid())
     with pytest.raises(idle.ProbeError):  # nothing listening
         idle.probe(os.path.join(short_dir, "jupyter.sock"), "/user/alice/", "s3cret")
     with pytest.raises(idle.ProbeError):  # no socket at all
         idle.probe(os.path.join(short_dir, "none.sock"), "/user/alice/", "s3cret")
 
 
+def test_probe_talks_only_to_a_listener_of_the_runtimes_uid(short_dir):
+    # The socket directory is the user's: a link there to a socket of root's (the broker's, podman's) must not get
+    # root's guard talking to it.
+    sock = os.path.join(short_dir, "jupyter.sock")
+    fake = FakeJupyter(sock, "s3cret", "/user/alice/")
+    try:
+        assert idle.probe(sock, "/user/alice/", "s3cret", uid=os.getuid()).last_activity == pytest.approx(T0, abs=1)
+        with pytest.raises(idle.ProbeError, match="does not run as uid"):
+            idle.probe(sock, "/user/alice/", "s3cret", uid=os.getuid() + 1)
+        assert fake.requests == [(p, "token s3cret") for p in (
+            "/user/alice/api/status", "/user/alice/api/kernels?no_track_activity=1",
+            "/user/alice/api/terminals?no_track_activity=1")]  # fmt: skip
+    finally:
+        fake.close()
+
+
+def test_a_stalling_jupyterlab_cannot_hold_the_guard(short_dir):
+    sock = os.path.join(short_dir, "jupyter.sock")
+    fake = FakeJupyter(sock, "s3cret", "/user/alice/")
+    try:
+        fake.trickle = 0.2  # a byte every 0.2 s: each read is quick, the whole answer is not
+        began = time.monotonic()
+        with pytest.raises(idle.ProbeError, match="timed out|in time"):
+            idle.probe(sock, "/user/alice/", "s3cret", timeout=1.0)
+        assert time.monotonic() - began < 2.0
+    finally:
+        fake.close()
+
+
+def test_an_endless_answer_is_cut_off(short_dir, monkeypatch):
+    monkeypatch.setattr(idle, "MAX_ANSWER", 100)
+    sock = os.path.join(short_dir, "jupyter.sock")
+    fake = FakeJupyter(sock, "s3cret", "/user/alice/")
+    try:
+        fake.answers["/user/alice/api/status"] = (200, {"last_activity": iso(T0), "padding": "x" * 200})
+        with pytest.raises(idle.ProbeError, match="larger than 100 bytes"):
+            idle.probe(sock, "/user/alice/", "s3cret")
+    finally:
+        fake.close()
+
+
 # -- the guard run --------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def idle_env(env: Env, short_dir: str) -> Env:
+def idle_env(env: Env, short_dir: str, monkeypatch) -> Env:
     env.data["runtime"]["socket_root"] = short_dir
     env.data["policy"]["idle_timeout"] = {"cpu": "1h", "gpu": "30m"}
     env.write()
+    # The fake JupyterLabs run as this test's uid, not as the users' (2001...): answer SO_PEERCRED as the runtime's.
+    uids = {name: user["uid"] for name, user in env.data["users"].items()}
+    monkeypatch.setattr(idle, "_peer_uid", lambda sock: uids[os.path.basename(os.path.dirname(sock.getpeername()))])
     return env
 
 
@@ -247,6 +301,7 @@ def test_guard_warns_then_stops_an_idle_runtime(idle_env):
         assert [e["detail"]["reason"] for e in events] == ["idle", "idle"]
         report = lab.run(T0 + 71 * M)
         assert report.stopped == [("bob", "idle")]
+        assert report.as_dict()["stopped"] == [{"user": "bob", "reason": "idle"}]  # `metalab-guard run --json`
         row = lab.ledger.get(1)
         assert (row.state, row.end_reason, row.ended) == ("ended", "idle", T0 + 71 * M)
         assert idle_env.sim.containers().get("metalab-bob", {}).get("state") != "running"
@@ -299,18 +354,5 @@ def test_null_idle_timeout_keeps_an_idle_runtime(idle_env):
         assert lab.run(T0 + 11 * H).stopped == []
         described = lab.status(T0 + 11 * H)[0]
         assert (described["idle_timeout_seconds"], described["idle_stop_at"]) == (None, None)
-    finally:
-        fake.close()
-
-
-def test_cli_run_reports_the_idle_stop(idle_env):
-    lab = idle_env.lab()
-    lab.start("bob", "cpu", T0)
-    fake = jupyter_for(idle_env, "bob")
-    try:
-        fake.set(last=T0 + M)
-        result = idle_env.cli("run", "--json", now=T0 + 2 * H)
-        assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["stopped"] == [{"user": "bob", "reason": "idle"}]
     finally:
         fake.close()

@@ -27,18 +27,20 @@ Standard library only (the guard runs on the lab host without a virtualenv).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
+import struct
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from metalab.host.guard import files
 
 SOCKET_NAME = "jupyter.sock"  # inside SOCKET_ROOT/USER (runtime_image's jupyter_server_config: /run/lab/jupyter.sock)
-PROBE_TIMEOUT = 3.0  # seconds per request: a runtime that does not answer by then is "unknown", not idle
+PROBE_TIMEOUT = 5.0  # seconds for the three requests: a runtime that has not answered by then is unknown, not idle
+MAX_ANSWER = 4 * 1024 * 1024  # bytes of one answer (a kernel list is a few hundred bytes per kernel)
 STATE_FILE = "guard.idle.json"  # beside the ledger: the last probe of every running session (for status and warnings)
 
 
@@ -78,22 +80,6 @@ def idle_stop_at(timeout: Optional[int], started: float, activity: Optional[Acti
 # -- asking JupyterLab ---------------------------------------------------------------------------------------------
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def parse_time(value: Any) -> float:
     """jupyter_server's ISO-8601 UTC times ("2024-05-01T08:00:00.123456Z") as epoch seconds."""
     if not isinstance(value, str) or not value:
@@ -108,20 +94,58 @@ def parse_time(value: Any) -> float:
     return moment.timestamp()
 
 
-def _get(sock_path: str, url: str, token: str, timeout: float) -> Tuple[int, Any]:
-    conn = _UnixHTTPConnection(sock_path, timeout)
+def _peer_uid(sock: socket.socket) -> int:
+    """The uid of the process listening on the other end (SO_PEERCRED, in the guard's user namespace)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return int(struct.unpack("3i", creds)[1])
+
+
+def _get(sock_path: str, url: str, token: str, deadline: float, uid: Optional[int]) -> Tuple[int, Any]:
+    """One HTTP/1.0 GET over the unix socket, all of it (connect, request, answer) done by ``deadline``.
+
+    The runtime is the user's: her JupyterLab may answer slowly, byte by byte or not at all, and she may put a link to
+    another socket where hers should be. So the whole exchange has one deadline (the guard holds its lock meanwhile),
+    the answer is read up to MAX_ANSWER bytes, and with ``uid`` the listener must run as that uid (a link to a socket
+    of root's or of another user's is refused before anything is sent).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    chunks: List[bytes] = []
     try:
-        conn.request("GET", url, headers={"Authorization": f"token {token}", "Accept": "application/json"})
-        resp = conn.getresponse()
-        body = resp.read(1024 * 1024)
-    except (OSError, http.client.HTTPException) as exc:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        sock.connect(sock_path)
+        if uid is not None and _peer_uid(sock) != uid:
+            raise ProbeError(f"{sock_path}: the listener does not run as uid {uid}")
+        request = (
+            f"GET {url} HTTP/1.0\r\nHost: localhost\r\nAuthorization: token {token}\r\n"
+            "Accept: application/json\r\nConnection: close\r\n\r\n"
+        )
+        sock.sendall(request.encode("ascii"))
+        size = 0
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProbeError(f"{url}: no complete answer in time")
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_ANSWER:
+                raise ProbeError(f"{url}: an answer larger than {MAX_ANSWER} bytes")
+    except (OSError, UnicodeError) as exc:
         raise ProbeError(f"{url}: {exc}") from None
     finally:
-        conn.close()
-    if resp.status != 200:
-        return resp.status, None
+        sock.close()
+    head, sep, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if not sep or len(status_line) < 2 or not status_line[1].isdigit():
+        raise ProbeError(f"{url}: not an HTTP answer")
+    code = int(status_line[1])
+    if code != 200:
+        return code, None
     try:
-        return resp.status, json.loads(body)
+        return code, json.loads(body)
     except ValueError:
         raise ProbeError(f"{url}: the answer is not JSON") from None
 
@@ -149,27 +173,33 @@ def activity_from(status: Any, kernels: Any, terminals: Any) -> Activity:
     return Activity(last_activity=latest, busy=busy, connections=max(connections, kernel_connections))
 
 
-def probe(sock_path: str, base_url: str, token: str, timeout: float = PROBE_TIMEOUT) -> Activity:
-    """Ask the JupyterLab listening on SOCK_PATH (served under BASE_URL) for its activity; ProbeError if it cannot."""
+def probe(
+    sock_path: str, base_url: str, token: str, timeout: float = PROBE_TIMEOUT, uid: Optional[int] = None
+) -> Activity:
+    """Ask the JupyterLab listening on SOCK_PATH (served under BASE_URL) for its activity; ProbeError if it cannot.
+
+    ``uid``: the listener must run as this uid (the runtime's user). All three requests share ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
     base = base_url.rstrip("/") + "/api"
-    code, status = _get(sock_path, f"{base}/status", token, timeout)
+    code, status = _get(sock_path, f"{base}/status", token, deadline, uid)
     if code != 200:
         raise ProbeError(f"{base}/status answered {code}")
-    code, kernels = _get(sock_path, f"{base}/kernels?no_track_activity=1", token, timeout)
+    code, kernels = _get(sock_path, f"{base}/kernels?no_track_activity=1", token, deadline, uid)
     if code != 200:
         raise ProbeError(f"{base}/kernels answered {code}")
-    code, terminals = _get(sock_path, f"{base}/terminals?no_track_activity=1", token, timeout)
+    code, terminals = _get(sock_path, f"{base}/terminals?no_track_activity=1", token, deadline, uid)
     if code not in (200, 404):  # 404: terminals are disabled, so none can be active
         raise ProbeError(f"{base}/terminals answered {code}")
     return activity_from(status, kernels, terminals)
 
 
-def probe_runtime(socket_root: str, token_dir: str, user: str, timeout: float = PROBE_TIMEOUT) -> Activity:
-    """USER's runtime, as the front door reaches it: SOCKET_ROOT/USER/jupyter.sock, base URL /user/USER/."""
+def probe_runtime(socket_root: str, token_dir: str, user: str, uid: int, timeout: float = PROBE_TIMEOUT) -> Activity:
+    """USER's runtime, as the front door reaches it: SOCKET_ROOT/USER/jupyter.sock, base URL /user/USER/, run by UID."""
     token = files.read_token(token_dir, user)
     if token is None:
         raise ProbeError(f"no runtime token for {user}")
-    return probe(os.path.join(socket_root, user, SOCKET_NAME), f"/user/{user}/", token, timeout)
+    return probe(os.path.join(socket_root, user, SOCKET_NAME), f"/user/{user}/", token, timeout, uid)
 
 
 # -- the state between guard runs -------------------------------------------------------------------------------------

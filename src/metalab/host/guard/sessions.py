@@ -490,8 +490,11 @@ class Lab:
         if timeout is None:
             return
         rt = self.config.runtime
+        user = self.config.users.get(row.user)
         try:
-            activity: Optional[idle.Activity] = idle.probe_runtime(rt.socket_root, rt.token_dir, row.user)
+            if user is None:
+                raise idle.ProbeError(f"{row.user} is not a lab user of this host any more")
+            activity: Optional[idle.Activity] = idle.probe_runtime(rt.socket_root, rt.token_dir, row.user, user.uid)
         except idle.ProbeError as exc:  # not listening yet, or not answering: never idle on missing information
             log.debug("activity of %s unknown: %s", row.user, exc)
             activity = None
