@@ -13,9 +13,9 @@ name: guard_policy_errors
 short_description: What metalab-guard would refuse in the session settings, checked on the controller
 description:
   - Builds the guard's session policy from C(lab_session_limits), C(lab_session_budgets), C(lab_session_warnings),
-    C(lab_session_idle_timeout) and C(lab_session_preset), and each lab user's C(lab_session_overrides), with the rules the guard itself
-    applies (C(plugins/module_utils/rules.py), the same file as C(src/metalab/rules.py), which the session_limits
-    role installs on the hosts).
+    C(lab_session_idle_timeout) and C(lab_session_preset), and each lab user's C(lab_session_overrides), with the
+    rules the guard itself applies (C(plugins/module_utils/rules.py), the same file as C(src/metalab/rules.py),
+    which the session_limits role installs on the hosts).
   - Returns one message per problem (an empty list when the guard accepts everything), so a play can refuse
     bad settings before it changes any host; on the host, C(guard.json) is validated by the same code again.
 positional: overrides
