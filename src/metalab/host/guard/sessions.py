@@ -422,14 +422,13 @@ class Lab:
                 delivered = True
             except (OSError, files.FileError) as exc:
                 log.warning("notice file for %s: %s", row.user, exc)
-            # Not for idleness: text written to a terminal is output that jupyter_server counts as terminal
+            # Idle warnings are not written to her terminals: that is output jupyter_server counts as terminal
             # activity when a browser is attached, so the warning would reset the idle clock it announces.
-            if reason == "idle":
-                pass
-            elif self.engine.notify(row.container, user.uid, user.gid, message):
-                delivered = True
-            else:
-                log.warning("could not write the warning to the terminals of %s", row.container)
+            if reason != "idle":
+                if self.engine.notify(row.container, user.uid, user.gid, message):
+                    delivered = True
+                else:
+                    log.warning("could not write the warning to the terminals of %s", row.container)
         if delivered and reason == "idle":
             # Idle warnings belong to one idle period (idle.py's state), not to the row's deadline warnings.
             self.ledger.record_event(now, row.id, row.user, "warned", self.actor, offsets=list(offsets),
