@@ -1,7 +1,8 @@
 """Idle culling on a converged lab: an idle runtime is stopped (reason idle, home intact), a busy one is kept.
 
-The guard is run by hand with a copy of guard.json whose idle timeout is 60 s (`metalab-guard --config COPY run`),
-so the default scenario's settings (3h/1h under cron) stay as they are for the other suites. Both runtimes go
+The guard is run by hand with a copy of guard.json whose idle timeout is 60 s, with a warning 30 s before
+(`metalab-guard --config COPY run`), so the default scenario's settings (3h/1h under cron) stay as they are for
+the other suites. Both runtimes go
 through the same guard runs: alice's is left alone, bob's runs a cell (`time.sleep`) in a kernel started through
 JupyterLab's own API and websocket, as a notebook would. About 1.5 minutes.
 """
@@ -18,6 +19,7 @@ CLIENT = "/root/metalab-idle-busy.py"
 HOME = "/srv/metalab/homes/alice"
 NOTICE = f"{HOME}/.metalab/session-notice.txt"
 TIMEOUT = 60
+WARNING = 30  # the copy warns 30 s before a stop (warnings as long as the timeout are not sent)
 
 # A notebook's first cell, the way JupyterLab sends it: start a kernel (POST /api/kernels), open its channels
 # websocket, send an execute_request, wait until the kernel reports busy, then go away (the cell keeps running).
@@ -94,6 +96,7 @@ def described(host, user):
 def test_idle_runtime_is_stopped_and_a_busy_one_kept(host, stopped):
     config = json.loads(ok(host, "cat %s", CONFIG))
     config["policy"]["idle_timeout"] = {"cpu": f"{TIMEOUT}s", "gpu": f"{TIMEOUT}s"}
+    config["policy"]["warnings"] = [f"{WARNING}s"]
     write_root_file(host, COPY, json.dumps(config))
     write_root_file(host, CLIENT, BUSY_CLIENT)
     root(host, "rm -f %s", NOTICE)
@@ -107,17 +110,20 @@ def test_idle_runtime_is_stopped_and_a_busy_one_kept(host, stopped):
         ok(host, "runuser -u lab-alice -- sh -c 'echo kept > %s/before-idle.txt'", HOME)
         wait_lab_ready(host, "alice")
 
-        # Just started: alice's runtime is not idle for a minute yet; she is warned (the 60 s timeout is shorter
-        # than every warning offset), bob is neither warned nor stopped.
+        # Just started: nobody is stopped; alice's idle stop is at most a minute away, bob's is a minute from now.
         report = guard_run(host)
         assert report["stopped"] == [] and report["errors"] == [], report
-        assert "alice" in report["warned"] and "bob" not in report["warned"], report
-        notice = ok(host, "cat %s", NOTICE)
-        assert "is idle and stops in" in notice and "Any activity keeps it running" in notice
-        alice, bob = described(host, "alice"), described(host, "bob")
+        alice = described(host, "alice")
         assert alice["idle_timeout_seconds"] == TIMEOUT and alice["idle_stop_at"] is not None
         stop_at = epoch(alice["idle_stop_at"])
         assert 0 < stop_at - time.time() <= TIMEOUT + 1
+
+        # Inside the warning: alice is warned that she is idle, bob (busy) is not.
+        time.sleep(max(0.0, stop_at - WARNING + 5 - time.time()))
+        report = guard_run(host)
+        assert report["stopped"] == [] and report["warned"] == ["alice"], report
+        notice = ok(host, "cat %s", NOTICE)
+        assert "is idle and stops in" in notice and "Any activity keeps it running" in notice
 
         time.sleep(max(0.0, stop_at - time.time()) + 2)
         report = guard_run(host)

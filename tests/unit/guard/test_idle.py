@@ -356,3 +356,28 @@ def test_null_idle_timeout_keeps_an_idle_runtime(idle_env):
         assert (described["idle_timeout_seconds"], described["idle_stop_at"]) == (None, None)
     finally:
         fake.close()
+
+
+def test_no_idle_warnings_while_she_works_even_with_a_short_timeout(idle_env):
+    # A 10-minute idle timeout with the 15m/5m warnings: the 15-minute one would come due at every run while she
+    # works, so only the 5-minute one is sent, and only once she is idle.
+    idle_env.data["policy"]["idle_timeout"] = {"cpu": "10m"}
+    idle_env.write()
+    lab = idle_env.lab()
+    lab.start("bob", "cpu", T0)
+    fake = jupyter_for(idle_env, "bob")
+    notice = idle_env.tmp / "home" / "bob" / ".metalab" / "session-notice.txt"
+    try:
+        for minute in range(1, 30):  # typing in a terminal every minute; a busy kernel half of the time
+            busy = [{"id": "k", "execution_state": "busy", "last_activity": iso(T0)}] if minute % 2 else []
+            fake.set(last=T0 + minute * M - 20, kernels=busy, terminals=[])
+            report = lab.run(T0 + minute * M)
+            assert report.warned == [] and report.stopped == [], minute
+        assert not notice.exists()
+        fake.set(last=T0 + 29 * M)  # then she leaves
+        assert lab.run(T0 + 33 * M).warned == []
+        assert lab.run(T0 + 35 * M).warned == ["bob"]  # 4 minutes left
+        assert "stops in 4m" in notice.read_text()
+        assert lab.run(T0 + 40 * M).stopped == [("bob", "idle")]
+    finally:
+        fake.close()

@@ -510,7 +510,10 @@ class Lab:
                 report.stopped.append((row.user, "idle"))
             after.pop(key, None)
             return
-        due = due_warnings(stop_at - now, self.policy_for(row.user).warnings, warned)
+        # Only a runtime idle now is warned, and only at offsets shorter than the timeout: an offset as long as the
+        # timeout would come due at every run while she works (each activity starts a new idle period).
+        offsets = [o for o in self.policy_for(row.user).warnings if o < timeout]
+        due = due_warnings(stop_at - now, offsets, warned) if since < now else []
         if due and self._warn(row, due, stop_at, "idle", now):
             after[key]["warned"] = sorted(set(warned) | set(due), reverse=True)
             report.warned.append(row.user)
