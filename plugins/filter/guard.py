@@ -6,22 +6,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ansible_collections.metalab.lab.plugins.module_utils.rules import build_policy
+from ansible_collections.metalab.lab.plugins.module_utils.rules import build_policy, parse_idle_timeouts
 
 DOCUMENTATION = r"""
 name: guard_policy_errors
 short_description: What metalab-guard would refuse in the session settings, checked on the controller
 description:
-  - Builds the guard's session policy from C(lab_session_limits), C(lab_session_budgets), C(lab_session_warnings)
-    and C(lab_session_preset), and each lab user's C(lab_session_overrides), with the rules the guard itself
-    applies (C(plugins/module_utils/rules.py), the same file as C(src/metalab/rules.py), which the session_limits
-    role installs on the hosts).
+  - Builds the guard's session policy from C(lab_session_limits), C(lab_session_budgets), C(lab_session_warnings),
+    C(lab_session_idle_timeout) and C(lab_session_preset), and each lab user's C(lab_session_overrides), with the
+    rules the guard itself applies (C(plugins/module_utils/rules.py), the same file as C(src/metalab/rules.py),
+    which the session_limits role installs on the hosts).
   - Returns one message per problem (an empty list when the guard accepts everything), so a play can refuse
     bad settings before it changes any host; on the host, C(guard.json) is validated by the same code again.
 positional: overrides
 options:
   _input:
-    description: The C(policy) section of C(guard.json) (limits, budgets, warnings, optional preset, min_start).
+    description: >-
+      The C(policy) section of C(guard.json) (limits, budgets, warnings, idle_timeout, optional preset, min_start).
     type: dict
     required: true
   overrides:
@@ -47,6 +48,10 @@ def guard_policy_errors(policy, overrides=None):
     if not isinstance(policy, Mapping):
         return ["session settings: expected a mapping (limits, budgets, warnings), got " + type(policy).__name__]
     errors = []
+    try:
+        parse_idle_timeouts(policy.get("idle_timeout"), "lab_session_idle_timeout")
+    except ValueError as exc:
+        errors.append(str(exc))
     try:
         build_policy(policy)
     except ValueError as exc:

@@ -306,6 +306,34 @@ def build_policy(raw: Optional[Mapping[str, object]], override: Optional[Mapping
     return Policy(limits=limits, budgets=budgets, warnings=warnings, min_start=min_start)
 
 
+# Idle culling (lab_session_idle_timeout): a running runtime with no activity for this long is stopped (None = never).
+# GPU runtimes hold a scarce device, so theirs is shorter.
+DEFAULT_IDLE_TIMEOUTS: Dict[str, Optional[int]] = {"cpu": 3 * 3600, "gpu": 3600}
+
+
+def parse_idle_timeouts(raw: object, what: str = "policy.idle_timeout") -> Dict[str, Optional[int]]:
+    """The idle timeout per kind: defaults < ``raw`` ({kind: duration or null}). ValueError names the bad entry."""
+    out: Dict[str, Optional[int]] = dict(DEFAULT_IDLE_TIMEOUTS)
+    if raw is None:
+        return out
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{what}: expected a mapping of kind (cpu, gpu) to a duration or null, got {raw!r}")
+    for kind, value in raw.items():
+        if kind not in KINDS:
+            raise ValueError(f"{what}: unknown runtime kind {kind!r}; use cpu or gpu")
+        if value is None:
+            out[kind] = None
+            continue
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(f"{what}.{kind}: {exc}") from None
+        if seconds == 0:
+            raise ValueError(f"{what}.{kind}: must be greater than zero (use null for no idle timeout)")
+        out[kind] = seconds
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Platforms: distribution -> supported major versions (the facts' distribution and distribution_major_version).
 

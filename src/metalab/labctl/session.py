@@ -120,6 +120,7 @@ SESSION_COLUMNS = [
     output.Column("started"),
     output.Column("time_left", "time left", justify="right"),
     output.Column("budget_left", "budget left", justify="right"),
+    output.Column("idle_stop", "idle stop"),
 ]
 
 
@@ -129,6 +130,13 @@ def _duration(seconds: Any) -> str | None:
     s = max(0, int(seconds))
     hours, rest = divmod(s, 3600)
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def _clock(iso: Any) -> str | None:
+    """An ISO time of the guard ("2024-05-01T17:05:00Z") as "17:05 UTC"."""
+    if not isinstance(iso, str) or "T" not in iso:
+        return None
+    return iso.split("T", 1)[1][:5] + " UTC"
 
 
 def session_rows(results: dict[str, HostResult]) -> list[dict[str, Any]]:
@@ -148,6 +156,9 @@ def session_rows(results: dict[str, HostResult]) -> list[dict[str, Any]]:
                     "time_left_seconds": s.get("time_left_seconds"),
                     "budget_left": _duration(s.get("budget_left_seconds")),
                     "budget_left_seconds": s.get("budget_left_seconds"),
+                    # When the guard stops it if nobody uses it (null: idle culling off, or activity unknown yet).
+                    "idle_stop": _clock(s.get("idle_stop_at")),
+                    "idle_stop_at": s.get("idle_stop_at"),
                     "session": s.get("session"),
                 }
             )

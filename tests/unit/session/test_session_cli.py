@@ -50,6 +50,13 @@ def test_session_rows_format_time_left() -> None:
         {"h": session.HostResult("h", True, {"sessions": [{"user": "al", "kind": "cpu", "time_left_seconds": 3900}]})}
     )
     assert rows[0]["time_left"] == "1h05m" and rows[0]["host"] == "h" and rows[0]["budget_left"] is None
+    assert rows[0]["idle_stop"] is None
+
+
+def test_session_rows_show_the_idle_stop() -> None:
+    sessions = [{"user": "al", "kind": "gpu", "idle_stop_at": "2024-05-01T17:05:00Z", "idle_timeout_seconds": 3600}]
+    rows = session.session_rows({"h": session.HostResult("h", True, {"sessions": sessions})})
+    assert (rows[0]["idle_stop"], rows[0]["idle_stop_at"]) == ("17:05 UTC", "2024-05-01T17:05:00Z")
 
 
 # --- the module, with a fake metalab-guard ------------------------------------------------------------------------

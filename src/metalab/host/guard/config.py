@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from metalab.host.guard.files import read_json_config
 from metalab.host.guard.policy import KINDS, Policy, build_policy
-from metalab.rules import GUARD_CONFIG, USER_NAME
+from metalab.rules import DEFAULT_IDLE_TIMEOUTS, GUARD_CONFIG, USER_NAME, parse_idle_timeouts
 
 DEFAULT_CONFIG = GUARD_CONFIG
 CONFIG_ENV = "METALAB_GUARD_CONFIG"
@@ -121,6 +121,8 @@ class Config:
     # How long a guard run waits for the lock (cron starts one a minute): it waits rather than skip.
     run_lock_wait: float = 45.0
     drain_file: str = "/etc/metalab/drain"  # while it exists, no new runtimes start (metalab.host.guard.drain)
+    # policy.idle_timeout: seconds without activity after which a running runtime is stopped, per kind (None = never).
+    idle_timeout: Dict[str, Optional[int]] = field(default_factory=lambda: dict(DEFAULT_IDLE_TIMEOUTS))
 
 
 def _expect(cond: bool, message: str) -> None:
@@ -296,6 +298,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
     _expect(isinstance(policy_raw, Mapping), "policy: expected an object")
     try:
         default_policy = build_policy(policy_raw)
+        idle_timeout = parse_idle_timeouts(policy_raw.get("idle_timeout"))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     users_raw = data.get("users", {}) or {}
@@ -328,6 +331,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         lock_timeout=float(lock_timeout),
         run_lock_wait=float(run_lock_wait),
         drain_file=drain_file,
+        idle_timeout=idle_timeout,
     )
 
 

@@ -31,7 +31,7 @@ import subprocess
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from metalab.host.guard import drain, files, runtime_status
+from metalab.host.guard import drain, files, idle, runtime_status
 from metalab.host.guard.config import Config, User
 from metalab.host.guard.engine import ContainerInfo, ContainerSpec, EngineError, PodmanEngine, container_name
 from metalab.host.guard.ledger import Ledger, LedgerError, Runtime
@@ -95,6 +95,7 @@ class Lab:
         self.actor = actor
         self.lock = GuardLock(config.lock)
         self.gate = GuardLock(config.lock + ".gate")
+        self._idle_state: Optional[Dict[str, Dict[str, Any]]] = None  # this guard run's idle findings (idle.py)
 
     def close(self) -> None:
         self.ledger.close()
@@ -181,7 +182,20 @@ class Lab:
             "time_left_seconds": max(0, int(dl.stop_at - now)),
             "budget_left_seconds": None if left is None else int(left),
             "extended_seconds": row.extended_seconds,
+            **self._idle_describe(row),
         }
+
+    def _idle_describe(self, row: Runtime) -> Dict[str, Any]:
+        """Idle timeout of the runtime's kind, and when the guard stops it for idleness if nothing happens (null:
+        no timeout, or its activity is not known yet) as the latest guard run found it."""
+        timeout = self.config.idle_timeout.get(row.kind)
+        state = self._idle_state if self._idle_state is not None else idle.read_state(self._idle_path())
+        since = (state.get(str(row.id)) or {}).get("since")
+        stop_at = since + timeout if timeout is not None and isinstance(since, (int, float)) else None
+        return {"idle_timeout_seconds": timeout, "idle_stop_at": format_iso(stop_at)}
+
+    def _idle_path(self) -> str:
+        return idle.state_path(self.config.ledger)
 
     def _release_files(self, user: str) -> None:
         """After a runtime is gone: its token opens nothing and its socket tmpfs is unmounted."""
@@ -457,13 +471,20 @@ class Lab:
 
     # -- guard and boot -------------------------------------------------------------------------------------
 
-    def _warn(self, row: Runtime, offsets: List[int], stop_at: float, reason: str, now: float) -> None:
+    def _warn(self, row: Runtime, offsets: List[int], stop_at: float, reason: str, now: float) -> bool:
         user = self.config.users.get(row.user)
-        what = "session limit" if reason == "limit" else "daily budget"
-        message = (
-            f"metalab: your {row.kind} runtime stops in {format_duration(stop_at - now)} "
-            f"(at {format_clock(stop_at)} UTC, {what}). Save your work now."
-        )
+        if reason == "idle":
+            message = (
+                f"metalab: your {row.kind} runtime is idle and stops in {format_duration(stop_at - now)} "
+                f"(at {format_clock(stop_at)} UTC). Any activity keeps it running: running code, typing in a "
+                "terminal, an open notebook. Save your work now."
+            )
+        else:
+            what = "session limit" if reason == "limit" else "daily budget"
+            message = (
+                f"metalab: your {row.kind} runtime stops in {format_duration(stop_at - now)} "
+                f"(at {format_clock(stop_at)} UTC, {what}). Save your work now."
+            )
         delivered = False
         if user is not None:
             try:
@@ -471,14 +492,24 @@ class Lab:
                 delivered = True
             except (OSError, files.FileError) as exc:
                 log.warning("notice file for %s: %s", row.user, exc)
-            if self.engine.notify(row.container, user.uid, user.gid, message):
-                delivered = True
-            else:
-                log.warning("could not write the warning to the terminals of %s", row.container)
-        if delivered:
+            # Idle warnings are not written to her terminals: that is output jupyter_server counts as terminal
+            # activity when a browser is attached, so the warning would reset the idle clock it announces.
+            if reason != "idle":
+                if self.engine.notify(row.container, user.uid, user.gid, message):
+                    delivered = True
+                else:
+                    log.warning("could not write the warning to the terminals of %s", row.container)
+        if not delivered:
+            return False
+        if reason == "idle":
+            # Idle warnings belong to one idle period (idle.py's state), not to the row's deadline warnings.
+            self.ledger.record_event(now, row.id, row.user, "warned", self.actor, offsets=list(offsets),
+                                     message=message, reason="idle")  # fmt: skip
+        else:
             self.ledger.record_warnings(row.id, offsets, now, self.actor, message)
-            runtime_status.publish(self, row, now)  # the warning reaches her JupyterLab page too
-            log.info("warned %s: %s", row.user, message)
+        runtime_status.publish(self, row, now)  # the warning reaches her JupyterLab page too
+        log.info("warned %s: %s", row.user, message)
+        return True
 
     def run(self, now: Optional[float] = None) -> RunReport:
         """One guard run: reconcile, warn, stop what is past its limit or budget."""
@@ -496,6 +527,8 @@ class Lab:
             now = time.time() if now is None else now
             self.reconcile(now, report)
             history = self._history(now)
+            idle_before = idle.read_state(self._idle_path())
+            idle_now: Dict[str, Dict[str, Any]] = {}
             for row in self.ledger.open_runtimes():
                 if row.state != "running":
                     continue
@@ -509,15 +542,61 @@ class Lab:
                     if due:
                         self._warn(row, due, dl.stop_at, dl.reason, now)
                         report.warned.append(row.user)
+                    self._check_idle(row, now, report, idle_before, idle_now)
                 except EngineError as exc:
                     report.errors.append(f"{row.user}: {exc}")
                     log.error("%s: %s", row.user, exc)
-            runtime_status.publish_all(self, now)
+            self._save_idle(idle_now)
+            runtime_status.publish_all(self, now)  # after the idle state: her status file shows the idle stop too
             self.ledger.set_meta("last_run", repr(now))
             self._mark_last_run(now)
             return report
         finally:
             self.lock.release()
+
+    def _check_idle(
+        self, row: Runtime, now: float, report: RunReport, before: Dict[str, Any], after: Dict[str, Any]
+    ) -> None:
+        """Warn, then stop (reason idle), a runtime whose JupyterLab reports no activity for the idle timeout."""
+        timeout = self.config.idle_timeout.get(row.kind)
+        if timeout is None:
+            return
+        rt = self.config.runtime
+        user = self.config.users.get(row.user)
+        try:
+            if user is None:
+                raise idle.ProbeError(f"{row.user} is not a lab user of this host any more")
+            activity: Optional[idle.Activity] = idle.probe_runtime(rt.socket_root, rt.token_dir, row.user, user.uid)
+        except idle.ProbeError as exc:  # not listening yet, or not answering: never idle on missing information
+            log.debug("activity of %s unknown: %s", row.user, exc)
+            activity = None
+        since = idle.idle_since(row.started, activity, now)
+        key = str(row.id)
+        previous = before.get(key) or {}
+        warned = [int(o) for o in previous.get("warned", [])] if previous.get("since") == since else []
+        after[key] = {"since": since, "warned": warned}
+        if since is None:
+            return
+        stop_at = since + timeout
+        if now >= stop_at:
+            if self._stop_row(row, "idle", now):
+                report.stopped.append((row.user, "idle"))
+            after.pop(key, None)
+            return
+        # Only a runtime idle now is warned, and only at offsets shorter than the timeout: an offset as long as the
+        # timeout would come due at every run while she works (each activity starts a new idle period).
+        offsets = [o for o in self.policy_for(row.user).warnings if o < timeout]
+        due = due_warnings(stop_at - now, offsets, warned) if since < now else []
+        if due and self._warn(row, due, stop_at, "idle", now):
+            after[key]["warned"] = sorted(set(warned) | set(due), reverse=True)
+            report.warned.append(row.user)
+
+    def _save_idle(self, state: Dict[str, Dict[str, Any]]) -> None:
+        self._idle_state = state
+        try:
+            idle.write_state(self._idle_path(), state)
+        except OSError as exc:  # only status and the next run's warnings read it: never fail the run for it
+            log.warning("could not write %s: %s", self._idle_path(), exc)
 
     def _mark_last_run(self, now: float) -> None:
         _touch(last_run_path(self.config.ledger), now)
