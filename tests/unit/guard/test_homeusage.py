@@ -175,3 +175,31 @@ def test_metrics_without_a_usage_file_has_no_home_series(env):
     assert proc.returncode == 0, proc.stderr
     text = (env.tmp / "metalab.prom").read_text()
     assert "metalab_runtimes_running" in text and "metalab_home_used_bytes" not in text
+
+
+MOUNTS = """/dev/vda1 / ext4 rw,relatime 0 0
+/dev/nvme0n1 /srv/metalab/homes xfs rw,relatime,attr2,inode64,logbufs=8,logbsize=32k,usrquota,prjquota 0 0
+/dev/nvme1n1 /srv/ext ext4 rw,relatime,quota,usrquota 0 0
+/dev/nvme2n1 /srv/plain xfs rw,relatime 0 0
+"""
+
+
+def test_auto_backend_follows_the_mount_of_the_homes():
+    assert homeusage.detect_backend("/srv/metalab/homes", MOUNTS) == "xfs"
+    assert homeusage.detect_backend("/srv/ext/homes", MOUNTS) == "ext4"
+    assert homeusage.detect_backend("/srv/plain", MOUNTS) == "none"
+    assert homeusage.detect_backend("/srv/metalab/homesick", MOUNTS) == "none"  # on /, not on the homes volume
+
+
+def test_auto_backend_walks_on_the_root_filesystem(tmp_path):
+    def runner(argv):
+        raise AssertionError(f"no quota report on a volume without quotas: {argv}")
+
+    (tmp_path / "homes" / "alice").mkdir(parents=True)
+    (tmp_path / "homes" / "alice" / "f").write_bytes(os.urandom(MiB))
+    data = homeusage.measure(_config(tmp_path, "auto"), T0, runner, mounts=lambda: MOUNTS)
+    assert data["alice"]["source"] == "walk" and data["alice"]["used_bytes"] >= MiB
+    config = _config(tmp_path, "auto", homes_mount="/srv/metalab/homes")
+    xfs = (FIXTURES / "xfs_quota_report.txt").read_text()
+    data = homeusage.measure(config, T0, lambda argv: xfs, mounts=lambda: MOUNTS)
+    assert data["alice"]["source"] == "quota" and data["alice"]["used_bytes"] == 1052 * 1024

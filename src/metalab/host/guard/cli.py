@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quota-file", help='JSON {"user": {"used_bytes": N, "limit_bytes": N}} (default: the usage file, if any)'
     )
-    p = sub.add_parser("home-usage", help="measure every lab user's home (quota report or walk); --write the usage file")
+    p = sub.add_parser(
+        "home-usage", help="measure every lab user's home (quota report or walk); --write the usage file"
+    )
     p.add_argument("--write", action="store_true", help="write the usage file (usage.file of the config)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("drain", help="refuse new runtimes on this host (an update is coming) and warn running ones")
@@ -147,14 +149,14 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
             lab.close()
         return EXIT_OK
     if args.command == "home-usage":
-        usage = homeusage.measure(config, clock)
+        measured = homeusage.measure(config, clock)
         if args.write:
-            homeusage.write(config.usage.file, usage)
+            homeusage.write(config.usage.file, measured)
         if args.json:
-            _print_json(usage)
+            _print_json(measured)
         elif not args.write:
             rows = [["USER", "USED", "QUOTA", "SOURCE"]]
-            for name, u in usage.items():
+            for name, u in measured.items():
                 limit = human_size(u["limit_bytes"]) if u["limit_bytes"] else "-"
                 partial = " (partial)" if u.get("partial") else ""
                 rows.append([name, human_size(u["used_bytes"]), limit, u["source"] + partial])

@@ -111,7 +111,9 @@ class UsageConfig:
     """Home usage (metalab.host.guard.homeusage): where the usage file goes and how it is measured."""
 
     file: str = "/var/lib/metalab/usage.json"
-    quota_backend: str = "none"  # xfs or ext4: read the quota report of homes_mount; none: walk each home
+    # auto: the quota report where homes_mount is mounted with user quotas (xfs, ext4), else a walk of each home;
+    # xfs, ext4: that report (a walk when it fails); none: always walk.
+    quota_backend: str = "auto"
     homes_mount: str = "/srv/metalab/homes"
     walk_seconds: float = 60.0  # at most this long per home; a walk cut short is marked partial
 
@@ -179,10 +181,12 @@ def _usage(raw: Any) -> UsageConfig:
     out = UsageConfig(**{k: raw[k] for k in ("file", "quota_backend", "homes_mount", "walk_seconds") if k in raw})
     for key in ("file", "homes_mount"):
         value = getattr(out, key)
-        _expect(isinstance(value, str) and os.path.isabs(value), f"usage.{key}: expected an absolute path, got {value!r}")
+        _expect(
+            isinstance(value, str) and os.path.isabs(value), f"usage.{key}: expected an absolute path, got {value!r}"
+        )
     _expect(
-        out.quota_backend in ("xfs", "ext4", "none"),
-        f"usage.quota_backend: expected xfs, ext4 or none, got {out.quota_backend!r}",
+        out.quota_backend in ("auto", "xfs", "ext4", "none"),
+        f"usage.quota_backend: expected auto, xfs, ext4 or none, got {out.quota_backend!r}",
     )
     _expect(
         isinstance(out.walk_seconds, (int, float)) and not isinstance(out.walk_seconds, bool) and out.walk_seconds > 0,

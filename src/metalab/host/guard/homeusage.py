@@ -119,19 +119,61 @@ def _run(argv: Sequence[str]) -> str:
 def quota_report(backend: str, mount: str, runner: Runner = _run) -> Dict[int, int]:
     """{uid: used bytes} from the quota subsystem of the homes volume (backend xfs or ext4)."""
     if backend == "xfs":
-        return {u: kib * 1024 for u, kib in parse_xfs_quota_report(runner(["xfs_quota", "-x", "-c", "report -u -b -n -N", mount])).items()}
-    if backend == "ext4":
-        return {u: kib * 1024 for u, kib in parse_repquota(runner(["repquota", "-u", "-n", mount])).items()}
-    raise ValueError(f"quota backend {backend!r}: expected xfs or ext4")
+        used = parse_xfs_quota_report(runner(["xfs_quota", "-x", "-c", "report -u -b -n -N", mount]))
+    elif backend == "ext4":
+        used = parse_repquota(runner(["repquota", "-u", "-n", mount]))
+    else:
+        raise ValueError(f"quota backend {backend!r}: expected xfs or ext4")
+    return {uid: kib * 1024 for uid, kib in used.items()}
 
 
-def measure(config: Any, now: float, runner: Runner = _run, clock: Callable[[], float] = time.monotonic) -> Dict[str, Dict[str, Any]]:
+def detect_backend(mount: str, mounts_text: str) -> str:
+    """xfs or ext4 when the filesystem holding ``mount`` accounts usage per user (mounted with user quotas), else none.
+
+    ``mounts_text`` is /proc/self/mounts; the longest mount point that contains ``mount`` holds it.
+    """
+    best, fstype, options = "", "", []
+    target = os.path.normpath(mount)
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype, options = point, fields[2], fields[3].split(",")
+    if fstype == "xfs" and {"usrquota", "uquota", "uqnoenforce"} & set(options):
+        return "xfs"
+    if fstype in ("ext4", "ext3") and {"usrquota", "quota", "usrjquota"} & {o.split("=")[0] for o in options}:
+        return "ext4"
+    return "none"
+
+
+def _mounts() -> str:
+    with open("/proc/self/mounts", encoding="utf-8") as fh:
+        return fh.read()
+
+
+def measure(
+    config: Any,
+    now: float,
+    runner: Runner = _run,
+    clock: Callable[[], float] = time.monotonic,
+    mounts: Callable[[], str] = _mounts,
+) -> Dict[str, Dict[str, Any]]:
     """The usage file's content for every lab user of the guard config."""
     usage = config.usage
     report: Optional[Dict[int, int]] = None
-    if usage.quota_backend in ("xfs", "ext4"):
+    backend = usage.quota_backend
+    if backend == "auto":
         try:
-            report = quota_report(usage.quota_backend, usage.homes_mount, runner)
+            backend = detect_backend(usage.homes_mount, mounts())
+        except OSError as exc:
+            LOG.warning("home usage: cannot read the mount table (%s); walking the homes", exc)
+            backend = "none"
+    if backend in ("xfs", "ext4"):
+        try:
+            report = quota_report(backend, usage.homes_mount, runner)
         except (OSError, subprocess.SubprocessError, ValueError) as exc:
             LOG.warning("home usage: the quota report failed (%s); walking the homes instead", exc)
     out: Dict[str, Dict[str, Any]] = {}
