@@ -48,7 +48,7 @@ def metrics_scrapers(entries, name: str = "lab_metrics_scrapers") -> Dict[str, L
     if entries is None:
         entries = []
     if not isinstance(entries, (list, tuple)):
-        raise MetricsError(f"{name} must be a list of addresses or networks (192.0.2.10, 10.20.0.0/24), not {entries!r}")
+        raise MetricsError(f"{name} must be a list of addresses or networks (10.20.0.0/24), not {entries!r}")
     v4: List[ipaddress.IPv4Network] = []
     v6: List[ipaddress.IPv6Network] = []
     for index, entry in enumerate(entries):
