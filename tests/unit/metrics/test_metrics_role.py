@@ -30,9 +30,6 @@ def render(role: str, template: str, **extra):
     # The role vars call the collection's filter, which a bare Templar does not load: the same function here.
     scrapers = extra.get("lab_metrics_scrapers", [])
     variables["__metrics_scrapers"] = metrics_scrapers(scrapers)
-    variables["__base_metrics_scrapers"] = metrics_scrapers(
-        scrapers if extra.get("lab_metrics", "textfile") == "node_exporter" else []
-    )
     text = (ROLES / role / "templates" / template).read_text()
     return Templar(loader=loader, variables=variables).template(trust_as_template(text))
 
@@ -93,7 +90,7 @@ def test_firewall_admits_only_the_scrapers_to_node_exporter(tmp_path):
         "base", "etc/metalab/firewall.nft.j2",
         lab_metrics="node_exporter", lab_metrics_scrapers=["192.0.2.10", "2001:db8::/64"], lab_metrics_port=9200,
     )  # fmt: skip
-    assert "ip saddr { 192.0.2.10/32 } tcp dport 9200 accept" in opened
+    assert "ip saddr { 192.0.2.10 } tcp dport 9200 accept" in opened
     assert "ip6 saddr { 2001:db8::/64 } tcp dport 9200 accept" in opened
     nft_check(opened, tmp_path)
 
