@@ -169,7 +169,7 @@ USAGE_COLUMNS = [*LIST_COLUMNS, output.Column("host"), output.Column("home"), ou
 def list_cmd(usage: bool, host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002
     """List the inventory's lab users (--usage: with what they use, read on the lab hosts)."""
     from metalab.labctl import output as out
-    from metalab.labctl import usage as usage_mod
+    from metalab.labctl import userusage as usage_mod
 
     fmt = out.resolve_format(output)
     inv = config.require_inventory(inventory)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from metalab.labctl import usage
+from metalab.labctl import userusage as usage
 from metalab.labctl.cli import cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
