@@ -29,9 +29,9 @@ def refresh(host) -> dict:
 
 
 def home_series(text: str, user: str, name: str = "metalab_home_used_bytes") -> int:
-    match = re.search(rf'^{name}{{host="[^"]+",user="{user}"}} (\d+)$', text, re.M)
+    match = re.search(rf'^{name}{{host="[^"]+",user="{user}"}} (\S+)$', text, re.M)
     assert match, f"no {name} of {user} in /metrics"
-    return int(match.group(1))
+    return int(float(match.group(1)))  # node_exporter prints 2.5182208e+07
 
 
 @pytest.fixture
