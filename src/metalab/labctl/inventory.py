@@ -262,3 +262,28 @@ def remove_user(inventory: Path, name: str) -> tuple[UsersDocument, bool]:
     entry["state"] = "absent"
     commit(doc, users)
     return doc, True
+
+
+def set_user(inventory: Path, name: str, quota: str | None, gpu: bool | None) -> tuple[UsersDocument, list[str]]:
+    """Change ``name``'s quota and/or gpu in place (its comments and key order kept); returns (document, changes).
+
+    The whole list is validated (the playbook's rules) before the file is written; on any error it is untouched.
+    """
+    doc = locate(inventory)
+    users = doc.users or []
+    entry: Any = next((u for u in users if isinstance(u, Mapping) and u.get("name") == name), None)
+    if entry is None:
+        raise UsersError(f"{doc.path}: no lab user named {name!r} (nothing written)")
+    changes = []
+    if quota is not None and plain(entry.get("quota")) != quota:
+        from ruamel.yaml.scalarstring import ScalarString
+
+        old = entry.get("quota")
+        entry["quota"] = type(old)(quota) if isinstance(old, ScalarString) else quota  # keeps "30G" quoted
+        changes.append(f"quota {quota}")
+    if gpu is not None and bool(plain(entry.get("gpu", False))) != gpu:
+        entry["gpu"] = gpu
+        changes.append(f"gpu {str(gpu).lower()}")
+    if changes:
+        commit(doc, users)
+    return doc, changes

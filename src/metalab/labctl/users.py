@@ -17,7 +17,7 @@ import click
 
 from metalab.labctl import config, output, runner
 from metalab.labctl.backup import restore_cmd as backup_restore_cmd
-from metalab.labctl.inventory import UsersError, add_users, locate, plain, remove_user
+from metalab.labctl.inventory import UsersError, add_users, locate, plain, remove_user, set_user
 
 TRUE = {"true", "yes", "y", "1", "on"}
 FALSE = {"false", "no", "n", "0", "off", ""}
@@ -158,20 +158,66 @@ def user_rows(users: Any) -> list[dict[str, Any]]:
     return rows
 
 
+USAGE_COLUMNS = [*LIST_COLUMNS, output.Column("host"), output.Column("home"), output.Column("hours_7d", "hours (7d)")]
+
+
 @cli.command("list")
+@click.option("--usage", is_flag=True, help="Also each user's home used/quota and runtime hours of the last 7 days.")
+@click.option("--host", metavar="HOST", help="With --usage: ask only these lab hosts (pattern).")
 @INVENTORY_OPTION
 @output.output_options()
-def list_cmd(inventory: str | None, output: str | None) -> None:  # noqa: A002 - the option's name
-    """List the inventory's lab users."""
+def list_cmd(usage: bool, host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002
+    """List the inventory's lab users (--usage: with what they use, read on the lab hosts)."""
     from metalab.labctl import output as out
+    from metalab.labctl import userusage as usage_mod
 
     fmt = out.resolve_format(output)
-    doc = locate(config.require_inventory(inventory))
+    inv = config.require_inventory(inventory)
+    doc = locate(inv)
     rows = user_rows(doc.users)
+    columns = LIST_COLUMNS
+    if usage:
+        rows = usage_mod.merge(rows, usage_mod.fetch(str(inv), host))
+        columns = USAGE_COLUMNS
     if fmt == "table":
         for row in rows:
             row["quota"] = row["quota"] or "(default)"
-    out.emit(rows, LIST_COLUMNS, fmt, title=f"lab_users in {_rel(doc.path)}")
+        if usage:
+            rows = [usage_mod.for_table(row) for row in rows]
+    out.emit(
+        rows,
+        columns if fmt == "table" or not usage else _usage_columns(rows),
+        fmt,
+        title=f"lab_users in {_rel(doc.path)}",
+    )
+
+
+def _usage_columns(rows: list[dict[str, Any]]) -> list[output.Column]:
+    keys = list(rows[0]) if rows else [c.key for c in LIST_COLUMNS]
+    return [output.Column(k) for k in keys]
+
+
+@cli.command("set")
+@click.argument("name")
+@click.option("--quota", metavar="SIZE", help="New hard limit of the home, e.g. 20G.")
+@click.option("--gpu/--no-gpu", default=None, help="May (or may no longer) start GPU runtimes.")
+@INVENTORY_OPTION
+@APPLY_OPTION
+@PLAIN_OPTION
+def set_cmd(name: str, quota: str | None, gpu: bool | None, inventory: str | None, apply: bool, plain: bool) -> None:
+    """Change lab user NAME's entry (comments kept; the whole list is checked before the file is written)."""
+    if quota is None and gpu is None:
+        raise click.UsageError("nothing to change: give --quota SIZE and/or --gpu/--no-gpu")
+    inv = config.require_inventory(inventory)
+    doc, changed = set_user(inv, name, quota, gpu)
+    if changed:
+        click.echo(f"{name}: {', '.join(changed)} in {_rel(doc.path)}")
+    else:
+        click.echo(f"{name} already has that in {_rel(doc.path)}")
+    if apply:
+        _apply(inv, plain)
+    elif changed:
+        click.echo(f"run `labctl provision --tags {APPLY_TAGS}` (or add --apply) to apply it on the lab hosts")
 
 
 # --- portal passwords and enrollment links (metalab-broker on the lab hosts) ---------------------------------

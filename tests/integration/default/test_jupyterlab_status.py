@@ -38,7 +38,7 @@ def test_jupyterlab_shows_her_quota_time_left_and_the_guards_warning(
     host, base_url, passwords, page, artifacts, both_running
 ):
     # The usage file (contract 1) and a guard run like cron's: her status file holds her quota and time.
-    ok(host, "metalab-guard usage --write")
+    ok(host, "metalab-guard home-usage --write")
     ok(host, "metalab-guard run")
     status = json.loads(ok(host, "cat %s/alice/metalab-status.json", SOCKETS))
     assert status["user"] == "alice" and status["home"]["limit_bytes"] == 1024**3

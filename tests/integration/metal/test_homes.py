@@ -107,3 +107,42 @@ def test_removing_a_user_archives_the_home_first(host):
     root = host.check_output("ls /tmp/unpacked")
     listing_after = host.check_output(f"cd /tmp/unpacked/{root} && find . -type f -exec sha256sum {{}} + | sort")
     assert listing_after == listing_before
+
+
+def test_home_usage_reads_the_xfs_quota_report(host):
+    """metalab-guard home-usage (what the usage file's timer runs, session_limits role) on real XFS quotas: its source
+    is "quota" and each user's bytes are xfs_quota's. This scenario has no session_limits, so the guard's package is
+    copied to a temporary directory and run from there with a config naming the lab users."""
+    import base64
+    import io
+    import tarfile
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[3] / "src"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for rel in ("metalab/__init__.py", "metalab/rules.py", "metalab/host/__init__.py", "metalab/host/guard"):
+            tar.add(src / rel, arcname=rel, filter=lambda t: None if "__pycache__" in t.name else t)
+    work = host.check_output("mktemp -d")
+    try:
+        host.check_output(f"echo {base64.b64encode(buf.getvalue()).decode()} | base64 -d | tar -xzf - -C {work}")
+        users = {}
+        for name, mb in QUOTAS_MB.items():
+            uid = int(host.check_output(f"id -u lab-{name}"))
+            users[name] = {"uid": uid, "gid": uid, "home": f"{HOMES}/{name}", "quota_bytes": mb * 1024 * 1024}
+        config = {"users": users, "ledger": f"{work}/ledger.sqlite", "usage": {"homes_mount": HOMES}}
+        host.check_output(f"echo {base64.b64encode(json.dumps(config).encode()).decode()} | base64 -d > {work}/g.json")
+        data = json.loads(
+            host.check_output(
+                f"PYTHONPATH={work} python3 -m metalab.host.guard.cli --config {work}/g.json home-usage --json"
+            )
+        )
+        report = host.check_output(f"xfs_quota -x -c 'report -u -b -n -N' {HOMES}")
+        kib = {int(f[0][1:]): int(f[1]) for f in (line.split() for line in report.splitlines()) if f and f[0][0] == "#"}
+        for name, mb in QUOTAS_MB.items():
+            assert data[name]["source"] == "quota", data[name]
+            assert data[name]["used_bytes"] == kib[users[name]["uid"]] * 1024
+            assert data[name]["used_bytes"] >= 5 * 1024 * 1024  # the 5 MB written before the reboot
+            assert data[name]["limit_bytes"] == mb * 1024 * 1024
+    finally:
+        host.run(f"rm -rf {work}")

@@ -89,7 +89,7 @@ def test_a_command_or_option_labctl_lacks_is_reported():
     group = labctl()
     assert problems(group, "labctl users add bob --gpu --quota 5G") == []
     assert problems(group, "labctl session start/stop/list/token") == []
-    assert problems(group, "labctl users set alice") == ["no command users 'set'"]
+    assert problems(group, "labctl users rename alice") == ["no command users 'rename'"]
     assert problems(group, "labctl provision --force") == ["no option --force for provision"]
     assert problems(group, "labctl frobnicate") == ["no command 'frobnicate'"]
     assert problems(group, "labctl users --apply") == []

@@ -27,6 +27,7 @@ def base_config(tmp: Path) -> Dict[str, Any]:
     data.update(
         metrics_path=str(tmp / "metalab.prom"),
         drain_file=str(tmp / "drain"),  # never the machine's /etc/metalab/drain
+        usage={"file": str(tmp / "usage.json")},  # nor its /var/lib/metalab/usage.json
     )
     data["policy"]["warnings"] = ["15m", "5m"]
     data["runtime"].update(

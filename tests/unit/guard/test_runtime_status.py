@@ -17,10 +17,9 @@ M = 60
 
 
 @pytest.fixture(autouse=True)
-def usage_file(tmp_path, monkeypatch):
+def usage_file(tmp_path):
     """The usage file lives in the test's directory (absent until a test writes it)."""
-    path = tmp_path / "usage.json"
-    monkeypatch.setattr(runtime_status, "USAGE_FILE", str(path))
+    path = tmp_path / "usage.json"  # the guard config's usage.file (conftest.base_config)
     return path
 
 

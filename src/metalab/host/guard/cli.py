@@ -14,12 +14,13 @@ import time
 from datetime import datetime, timezone
 from typing import Any, List, Optional, Sequence
 
-from metalab.host.guard import drain, files, logsetup, metrics
+from metalab.host.guard import drain, files, homeusage, logsetup, metrics
 from metalab.host.guard.config import CONFIG_ENV, Config, ConfigError, load_config
 from metalab.host.guard.engine import EngineError
 from metalab.host.guard.ledger import LedgerError
 from metalab.host.guard.policy import format_duration, format_iso, parse_duration
 from metalab.host.guard.sessions import Failure, Lab, Refused
+from metalab.rules import human_size
 
 EXIT_OK, EXIT_FAILURE, EXIT_REFUSED = 0, 1, 2
 
@@ -77,7 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--csv", action="store_true")
     p = sub.add_parser("metrics", help="write the Prometheus textfile")
     p.add_argument("--output", help="textfile path (default: metrics_path of the config)")
-    p.add_argument("--quota-file", help='JSON {"user": {"used_bytes": N, "limit_bytes": N}}')
+    p.add_argument(
+        "--quota-file", help='JSON {"user": {"used_bytes": N, "limit_bytes": N}} (default: the usage file, if any)'
+    )
+    p = sub.add_parser(
+        "home-usage", help="measure every lab user's home (quota report or walk); --write the usage file"
+    )
+    p.add_argument("--write", action="store_true", help="write the usage file (usage.file of the config)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("drain", help="refuse new runtimes on this host (an update is coming) and warn running ones")
     p.add_argument("--reason", default=drain.DEFAULT_REASON, help="shown to users (default: %(default)s)")
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for running runtimes to end (default 0)")
@@ -132,12 +140,27 @@ def dispatch(args: argparse.Namespace, config: Config) -> int:
     if args.command == "metrics":
         lab = Lab(config)
         try:
-            quota = metrics.load_quota(args.quota_file) if args.quota_file else None
+            quota_file = args.quota_file or config.usage.file
+            quota = metrics.load_quota(quota_file) if args.quota_file or os.path.exists(quota_file) else None
             budgets = {name: dict(u.policy.budgets) for name, u in config.users.items()}
             text = metrics.render(lab.ledger, clock, config.host, budgets, quota, len(config.runtime.gpus))
             metrics.write(args.output or config.metrics_path, text)
         finally:
             lab.close()
+        return EXIT_OK
+    if args.command == "home-usage":
+        measured = homeusage.measure(config, clock)
+        if args.write:
+            homeusage.write(config.usage.file, measured)
+        if args.json:
+            _print_json(measured)
+        elif not args.write:
+            rows = [["USER", "USED", "QUOTA", "SOURCE"]]
+            for name, u in measured.items():
+                limit = human_size(u["limit_bytes"]) if u["limit_bytes"] else "-"
+                partial = " (partial)" if u.get("partial") else ""
+                rows.append([name, human_size(u["used_bytes"]), limit, u["source"] + partial])
+            _table(rows)
         return EXIT_OK
 
     lab = Lab(config, actor=os.environ.get("SUDO_USER") or "metalab-guard")

@@ -63,6 +63,7 @@ class User:
     home: str
     gpu: bool
     policy: Policy
+    quota_bytes: int = 0  # her hard quota (0: none); the usage file's limit_bytes
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,18 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True)
+class UsageConfig:
+    """Home usage (metalab.host.guard.homeusage): where the usage file goes and how it is measured."""
+
+    file: str = "/var/lib/metalab/usage.json"
+    # auto: the quota report where homes_mount is mounted with user quotas (xfs, ext4), else a walk of each home;
+    # xfs, ext4: that report (a walk when it fails); none: always walk.
+    quota_backend: str = "auto"
+    homes_mount: str = "/srv/metalab/homes"
+    walk_seconds: float = 60.0  # at most this long per home; a walk cut short is marked partial
+
+
+@dataclass(frozen=True)
 class Config:
     path: str
     ledger: str
@@ -123,6 +136,7 @@ class Config:
     drain_file: str = "/etc/metalab/drain"  # while it exists, no new runtimes start (metalab.host.guard.drain)
     # policy.idle_timeout: seconds without activity after which a running runtime is stopped, per kind (None = never).
     idle_timeout: Dict[str, Optional[int]] = field(default_factory=lambda: dict(DEFAULT_IDLE_TIMEOUTS))
+    usage: UsageConfig = field(default_factory=UsageConfig)
 
 
 def _expect(cond: bool, message: str) -> None:
@@ -155,7 +169,32 @@ def _user(name: str, raw: Any, policy_raw: Mapping[str, Any]) -> User:
         policy = build_policy(policy_raw, {"limits": raw.get("limits"), "budgets": raw.get("budgets")})
     except ValueError as exc:
         raise ConfigError(f"users.{name}: {exc}") from None
-    return User(name=name, uid=int(uid), gid=int(gid), home=str(home), gpu=gpu, policy=policy)
+    quota_bytes = raw.get("quota_bytes") or 0
+    _expect(
+        isinstance(quota_bytes, int) and not isinstance(quota_bytes, bool) and quota_bytes >= 0,
+        f"users.{name}.quota_bytes: expected a number of bytes (0 or null: no quota), got {quota_bytes!r}",
+    )
+    return User(name=name, uid=int(uid), gid=int(gid), home=str(home), gpu=gpu, policy=policy, quota_bytes=quota_bytes)
+
+
+def _usage(raw: Any) -> UsageConfig:
+    raw = raw or {}
+    _expect(isinstance(raw, Mapping), f"usage: expected an object, got {raw!r}")
+    out = UsageConfig(**{k: raw[k] for k in ("file", "quota_backend", "homes_mount", "walk_seconds") if k in raw})
+    for key in ("file", "homes_mount"):
+        value = getattr(out, key)
+        _expect(
+            isinstance(value, str) and os.path.isabs(value), f"usage.{key}: expected an absolute path, got {value!r}"
+        )
+    _expect(
+        out.quota_backend in ("auto", "xfs", "ext4", "none"),
+        f"usage.quota_backend: expected auto, xfs, ext4 or none, got {out.quota_backend!r}",
+    )
+    _expect(
+        isinstance(out.walk_seconds, (int, float)) and not isinstance(out.walk_seconds, bool) and out.walk_seconds > 0,
+        f"usage.walk_seconds: expected seconds above 0, got {out.walk_seconds!r}",
+    )
+    return out
 
 
 def _resources(raw: Any) -> Dict[str, Resources]:
@@ -332,6 +371,7 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> Config:
         run_lock_wait=float(run_lock_wait),
         drain_file=drain_file,
         idle_timeout=idle_timeout,
+        usage=_usage(data.get("usage")),
     )
 
 

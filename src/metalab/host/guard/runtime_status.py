@@ -32,7 +32,8 @@ log = logging.getLogger("metalab.guard")
 STATUS_FILE = "metalab-status.json"
 # Where her runtime (and the server extension in the image) finds it.
 CONTAINER_STATUS_PATH = f"{CONTAINER_SOCKDIR}/{STATUS_FILE}"
-# Contract 1 of issue 19: {"<user>": {"used_bytes", "limit_bytes", "measured_at"}}, written by `metalab-guard usage`.
+# Contract 1 of issue 19: {"<user>": {"used_bytes", "limit_bytes", "measured_at"}}, written by
+# `metalab-guard home-usage --write`; this is the default of the guard config's usage.file.
 USAGE_FILE = "/var/lib/metalab/usage.json"
 # Ledger events that are warnings she sees: the guard's before a stop (limit, budget), a drain's (an update comes).
 DRAIN_WARNED = "drain-warned"
@@ -103,7 +104,7 @@ def publish(lab: Lab, row: Runtime, now: float, history: Optional[Dict[Tuple[str
     """Write her status file for ROW (her open runtime); a failure is logged, never raised."""
     try:
         described = lab._describe(row, lab._history(now) if history is None else history, now)
-        content = build(described, home_usage(row.user), newest_warning(lab.ledger, row.id), now)
+        content = build(described, home_usage(row.user, lab.config.usage.file), newest_warning(lab.ledger, row.id), now)
         write(os.path.join(lab.config.runtime.socket_root, row.user), content)
     except Exception as exc:  # the status file is a convenience: never keep the guard from enforcing for it
         log.warning("status file for %s: %s", row.user, exc)
