@@ -24,6 +24,7 @@ from metalab.portal.forms import (
     StartForm,
 )
 from metalab.portal.settings import Settings, load_or_create_secret, load_settings
+from metalab.portal.signup import register_signup
 from metalab.portal.text import human_bytes, human_seconds, human_time, lab_user_of, refusal_title, safe_next
 
 TOKEN_HEADER = "X-Lab-Token"
@@ -293,6 +294,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
         return redirect(url_for("my_lab"))
 
     register_backups(app, broker, login_required, slow, own_user_only)
+    register_signup(app, broker, login_required, slow, start_identity)
 
     # -- the front door's auth_request --------------------------------------------------------------------
 
