@@ -214,4 +214,6 @@ def register(users: click.Group) -> None:
             click.echo(info["url"])
 
 
+# `labctl users` is this group: metalab.labctl.users' commands and these (metalab.labctl.cli names this module).
 register(users_cli)
+cli = users_cli

@@ -302,6 +302,3 @@ def enroll_cmd(
 
 # `labctl users restore`: from the lab hosts' backups (metalab.labctl.backup runs metalab-backup there).
 cli.add_command(backup_restore_cmd)
-
-# `labctl users requests|approve|deny|reset`: the portal's sign-up requests (metalab.labctl.signup adds them).
-import metalab.labctl.signup  # noqa: E402, F401
