@@ -95,10 +95,11 @@ def newcomer(host, inventory):
     root(host, "metalab-broker remove %s", NAME)
     root(host, "rm -f %s", REQUESTS)
     yield NAME
-    removed = labctl("users", "remove", NAME, "--apply", "--plain", "-i", str(inventory))
     root(host, "metalab-broker remove %s", NAME)
     root(host, "rm -f %s", REQUESTS)
-    assert removed.returncode == 0, removed.stdout[-3000:] + removed.stderr
+    if f"name: {NAME}" in inventory.read_text():  # approved: she goes again (state absent)
+        removed = labctl("users", "remove", NAME, "--apply", "--plain", "-i", str(inventory))
+        assert removed.returncode == 0, removed.stdout[-3000:] + removed.stderr
     assert not host.user(f"lab-{NAME}").exists
 
 
@@ -111,7 +112,7 @@ def test_request_access_approve_enroll_log_in_change_password(
     page.goto(base_url + "/login")
     page.click("#signup-link")
     page.fill("#name", NAME)
-    page.fill("#email", "dora-at-example.org")
+    page.fill("#email", "dora@example")  # the browser's own check lets it through; the portal's does not
     page.fill("#reason", "MSc thesis on protein folding")
     page.click("#signup-button")
     assert "not a valid address" in page.inner_text(".signup-error")
