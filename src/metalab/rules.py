@@ -356,8 +356,10 @@ def podman_cdi_problem(version_output: str) -> Optional[str]:
 USER_KEYS = ("name", "quota", "gpu", "state", "uid", "comment", "email")
 # An e-mail address (lab_users' optional ``email``, the sign-up form): one @, a dotted domain, no spaces, quotes,
 # angle brackets or control characters, at most 254 characters. Deliberately plain: what a mail relay accepts.
-EMAIL = re.compile(r"\A[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                   r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z")
+EMAIL = re.compile(
+    r"\A[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z"
+)
 MAX_EMAIL_LEN = 254
 
 
@@ -368,6 +370,8 @@ def email_problem(value: Any) -> Optional[str]:
     if len(value) > MAX_EMAIL_LEN or not EMAIL.match(value) or ".." in value or value.startswith("."):
         return "e-mail " + repr(value[:80]) + " is not a valid address (expected name@example.org)"
     return None
+
+
 USER_STATES = ("present", "absent")
 
 

@@ -29,8 +29,10 @@ ADDRESS = "dora@example.org"
 FIRST, SECOND = "dora-first-pass-1", "dora-second-pass-2"
 REQUESTS = "/var/lib/metalab/broker/requests.json"
 # Ansible's own variables and the connection's facts: not inventory settings.
-MAGIC = {"inventory_hostname", "inventory_hostname_short", "group_names", "groups", "omit", "playbook_dir",
-         "inventory_dir", "inventory_file", "ansible_play_hosts", "ansible_check_mode", "ansible_config_file"}  # fmt: skip
+MAGIC = {
+    "inventory_hostname", "inventory_hostname_short", "group_names", "groups", "omit", "playbook_dir",
+    "inventory_dir", "inventory_file", "ansible_play_hosts", "ansible_check_mode", "ansible_config_file",
+}  # fmt: skip
 
 
 class Inbox:
