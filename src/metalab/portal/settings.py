@@ -29,6 +29,7 @@ class Settings:
     # Logins, starts, stops and enrollments in progress at a time in one worker process; more are answered 503 at
     # once, so the worker's other threads always serve /auth/check and the pages (gunicorn --threads above this).
     slow_requests: int = 4
+    signup: bool = True  # the login page's "Request access" form (metalab.portal.signup); false: no form, 404
 
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
@@ -48,6 +49,8 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         value = values[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise SettingsError(f"portal config: {key}: expected an integer >= {least}")
+    if not isinstance(values["signup"], bool):
+        raise SettingsError("portal config: signup: expected true or false")
     return Settings(**values)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from flask import Flask, flash, redirect, render_template, request, url_for
+from flask import Flask, abort, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, StringField, TextAreaField
 from wtforms.validators import DataRequired, EqualTo, Length
@@ -61,8 +61,12 @@ def register_signup(
     slow: Callable[[Any], Any],
     start_identity: Callable[[Identity], None],
 ) -> None:
+    app.config["METALAB_SIGNUP"] = app.extensions["metalab"]["settings"].signup  # the login page's link
+
     @app.route("/signup", methods=["GET", "POST"])
     def signup() -> Any:
+        if not app.config["METALAB_SIGNUP"]:
+            abort(404)
         form = SignupForm()
         if request.method == "GET":
             return render_template("signup.html", form=form, errors=[], done=None)

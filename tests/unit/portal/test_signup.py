@@ -146,3 +146,17 @@ def test_account_needs_login_and_csrf(env: LabEnv) -> None:
     forged = browser.post("/account", {"current": PASSWORDS["bob"], "password": "x" * 12, "confirm": "x" * 12}, None)
     assert forged.status_code == 400
     assert env.browser().login("bob").status_code == 302
+
+
+def test_signup_can_be_switched_off(env: LabEnv, tmp_path: Path) -> None:
+    from metalab.portal.app import create_app
+    from metalab.portal.settings import Settings
+
+    settings = Settings(
+        broker_socket=env.broker_data["socket"], secret_key_file=str(tmp_path / "portal" / "secret_key"), signup=False
+    )
+    browser = Browser(create_app(settings).test_client())
+    assert 'href="/signup"' not in browser.get("/login").get_data(as_text=True)
+    assert browser.get("/signup").status_code == 404
+    assert browser.post("/signup", {"name": "dora", "email": "d@example.org"}, csrf_from="/login").status_code == 404
+    assert stored(env) == {}
