@@ -45,6 +45,7 @@ RESOLVED_USER_SPEC: Dict[str, Dict[str, Any]] = {
     "state": {"type": "str", "choices": list(USER_STATES), "default": "present"},
     "uid": {"type": "int"},
     "comment": {"type": "str", "default": ""},
+    "email": {"type": "str"},  # recorded for labctl (sign-up mail); the account does not use it
 }
 
 

@@ -38,6 +38,7 @@ options:
       state: {description: present or absent., type: str, choices: [present, absent], default: present}
       uid: {description: Fixed uid (null = allocated)., type: int}
       comment: {description: GECOS comment., type: str, default: ""}
+      email: {description: Her e-mail address (for labctl's mail; not used for the account)., type: str}
   homes_root:
     description: Directory holding the homes; nothing outside it is ever removed.
     type: path

@@ -14,7 +14,7 @@ description:
     of C(plugins/module_utils/rules.py) and fails naming every offending entry, before anything changes.
   - Sets the fact C(lab_users_resolved), the normalised list every role, template and the guard configuration
     read - one record per entry with C(name), C(login) (prefix and name), C(home), C(quota) (text),
-    C(quota_bytes), C(gpu), C(state), C(uid) (or null) and C(comment).
+    C(quota_bytes), C(gpu), C(state), C(uid) (or null), C(comment) and C(email) (or null).
   - Runs on the controller only (no connection to the host). The internal role C(metalab.lab.common) calls it
     once per play and host.
 version_added: 0.2.0

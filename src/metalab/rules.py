@@ -381,7 +381,25 @@ def podman_cdi_problem(version_output: str) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # The lab_users list, resolved: validated and normalised once, then read by every role, template and tool.
 
-USER_KEYS = ("name", "quota", "gpu", "state", "uid", "comment")
+USER_KEYS = ("name", "quota", "gpu", "state", "uid", "comment", "email")
+# An e-mail address (lab_users' optional ``email``, the sign-up form): one @, a dotted domain, no spaces, quotes,
+# angle brackets or control characters, at most 254 characters. Deliberately plain: what a mail relay accepts.
+EMAIL = re.compile(
+    r"\A[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z"
+)
+MAX_EMAIL_LEN = 254
+
+
+def email_problem(value: Any) -> Optional[str]:
+    """None for a usable e-mail address, else why not (names no one else's data)."""
+    if not isinstance(value, str) or not value:
+        return "e-mail must be an address like name@example.org"
+    if len(value) > MAX_EMAIL_LEN or not EMAIL.match(value) or ".." in value or value.startswith("."):
+        return "e-mail " + repr(value[:80]) + " is not a valid address (expected name@example.org)"
+    return None
+
+
 USER_STATES = ("present", "absent")
 
 
@@ -491,6 +509,9 @@ def validate_users(
             comment = ""
         if not isinstance(comment, str) or ":" in comment or "\n" in comment:
             problems.append("comment must be text without ':' or newlines")
+        email = entry.get("email")
+        if email is not None and email_problem(email):
+            problems.append(str(email_problem(email)))
         if problems:
             errors.extend(where + ": " + p for p in problems)
         if isinstance(name, str) and name not in seen_names:
@@ -510,6 +531,7 @@ def validate_users(
                 "state": state,
                 "uid": uid,
                 "comment": comment,
+                "email": email,
             }
         )
     if volume_size:

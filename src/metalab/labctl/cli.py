@@ -17,7 +17,7 @@ SUBCOMMANDS = {
     "completion": "metalab.labctl.config",
     "doctor": "metalab.labctl.doctor",
     "provision": "metalab.labctl.provision",
-    "users": "metalab.labctl.users",
+    "users": "metalab.labctl.signup",  # metalab.labctl.users' group with the sign-up commands added
     "session": "metalab.labctl.session",
     "usage": "metalab.labctl.usage",
     "backup": "metalab.labctl.backup",

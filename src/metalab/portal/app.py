@@ -25,6 +25,7 @@ from metalab.portal.forms import (
 )
 from metalab.portal.oidc import make_backend, register_oidc
 from metalab.portal.settings import Settings, load_or_create_secret, load_settings
+from metalab.portal.signup import register_signup
 from metalab.portal.text import human_bytes, human_seconds, human_time, lab_user_of, refusal_title, safe_next
 
 TOKEN_HEADER = "X-Lab-Token"
@@ -295,6 +296,7 @@ def create_app(settings: Optional[Settings] = None, backend: Optional[AuthBacken
 
     register_backups(app, broker, login_required, slow, own_user_only)
     register_oidc(app, auth, start_identity, slow)
+    register_signup(app, broker, login_required, slow, start_identity)
 
     # -- the front door's auth_request --------------------------------------------------------------------
 

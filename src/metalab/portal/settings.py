@@ -33,6 +33,7 @@ class Settings:
     slow_requests: int = 4
     auth: Tuple[str, ...] = ("password",)  # "password" and/or "oidc" (metalab.portal.oidc)
     oidc: Optional[OidcSettings] = None
+    signup: bool = True  # the login page's "Request access" form (metalab.portal.signup); false: no form, 404
 
 
 def parse_settings(data: Mapping[str, Any]) -> Settings:
@@ -56,6 +57,8 @@ def parse_settings(data: Mapping[str, Any]) -> Settings:
         values["auth"], values["oidc"] = parse_auth_settings(values["auth"], values["oidc"])
     except ValueError as exc:
         raise SettingsError(f"portal config: {exc}") from None
+    if not isinstance(values["signup"], bool):
+        raise SettingsError("portal config: signup: expected true or false")
     return Settings(**values)
 
 

@@ -39,6 +39,7 @@ def test_the_fact_every_role_reads() -> None:
         "state": "present",
         "uid": None,
         "comment": "",
+        "email": None,
     }
     assert (bob["quota_bytes"], bob["gpu"], bob["login"]) == (15 * GiB, True, "lab-bob")
     assert carol["state"] == "absent"

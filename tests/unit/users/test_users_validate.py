@@ -29,6 +29,7 @@ def test_valid_list_normalised():
         "state": "present",
         "uid": None,
         "comment": "",
+        "email": None,
     }
     assert bob["state"] == "absent" and bob["quota"] == "15G"  # default quota
     assert carol["uid"] == 30000 and carol["gpu"] is False

@@ -13,8 +13,10 @@ import signal
 import sys
 from typing import Any, Optional, Sequence
 
+from metalab.host.broker import signup
 from metalab.host.broker.auth import AuthError, AuthStore, StoreError
 from metalab.host.broker.config import CONFIG_ENV, BrokerConfig, BrokerConfigError, load_config
+from metalab.host.broker.errors import ApiError
 from metalab.host.guard import logsetup
 from metalab.host.guard.config import ConfigError
 from metalab.host.guard.config import load_config as load_guard_config
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p = sub.add_parser("users", help="users with a portal password, and lockouts")
     p.add_argument("--json", action="store_true")
+    signup.add_commands(sub)  # requests, signup-approve, signup-deny, reset, mail-test
     return parser
 
 
@@ -95,6 +98,8 @@ def serve(config: BrokerConfig) -> int:
 def dispatch(args: argparse.Namespace, config: BrokerConfig) -> int:
     if args.command == "serve":
         return serve(config)
+    if args.command in signup.COMMANDS:
+        return signup.dispatch(args, config, _known_user)
     store = AuthStore(config)
     if args.command == "passwd":
         _known_user(config, args.user)
@@ -138,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logsetup.setup(None, args.verbose)  # the guard's own log (journal/syslog), as for metalab-guard
         _broker_logging(args.verbose)
         return dispatch(args, config)
-    except (Refused, AuthError) as exc:
+    except (Refused, AuthError, ApiError) as exc:
         print(f"metalab-broker: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     except (BrokerConfigError, ConfigError, StoreError, OSError, ValueError) as exc:

@@ -34,6 +34,7 @@ from metalab.host.broker.backups import BackupOps
 from metalab.host.broker.config import BrokerConfig
 from metalab.host.broker.errors import ApiError
 from metalab.host.broker.oidc import OidcVerifier
+from metalab.host.broker.signup import signup_ops
 from metalab.host.broker.tickets import Ticket, TicketError, TicketSigner, load_or_create_key
 from metalab.host.guard.config import ConfigError, load_config
 from metalab.host.guard.engine import EngineError
@@ -97,6 +98,7 @@ class Broker:
             "admin.stop": self.op_admin_stop,
             "admin.extend": self.op_admin_extend,
         }
+        self.ops.update(signup_ops(self))  # signup.request, password.change (metalab.host.broker.signup)
 
     # -- entry point ------------------------------------------------------------------------------------------
 
