@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import urllib.parse
-from typing import Dict, List, Union
+from typing import Dict, List
+
+from ansible_collections.metalab.lab.plugins.module_utils.rules import NetworkListError, networks_by_family
 
 DOCUMENTATION = r"""
 name: egress_networks
@@ -41,43 +43,21 @@ _value:
   type: dict
 """
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
-
 
 class EgressError(ValueError):
     pass
 
 
 def egress_networks(entries, name: str = "lab_runtime_egress_deny") -> Dict[str, List[str]]:
-    if entries is None:
-        entries = []
-    if not isinstance(entries, (list, tuple)):
-        raise EgressError(f"{name} must be a list of networks (CIDR such as 10.0.0.0/8), not {entries!r}")
-    v4: List[ipaddress.IPv4Network] = []
-    v6: List[ipaddress.IPv6Network] = []
-    for index, entry in enumerate(entries):
-        where = f"{name}[{index}]"
-        if not isinstance(entry, str) or not entry.strip():
-            raise EgressError(f"{where}: {entry!r} is not a network; write a CIDR such as 10.0.0.0/8 or fc00::/7")
-        try:
-            net = ipaddress.ip_network(entry.strip(), strict=True)
-        except ValueError as exc:
-            hint = ""
-            with contextlib.suppress(ValueError):
-                hint = f" (did you mean {ipaddress.ip_network(entry.strip(), strict=False)}?)"
-            raise EgressError(
-                f"{where}: {entry!r} is not a network: {exc}{hint}; write a CIDR such as 10.0.0.0/8 or fc00::/7"
-            ) from None
-        if net.prefixlen == 0:
-            raise EgressError(f"{where}: {entry!r} would refuse every address; set lab_runtime_egress_filter instead")
-        if isinstance(net, ipaddress.IPv4Network):
-            v4.append(net)
-        else:
-            v6.append(net)
-    return {
-        "ipv4": [str(n) for n in ipaddress.collapse_addresses(v4)],
-        "ipv6": [str(n) for n in ipaddress.collapse_addresses(v6)],
-    }
+    try:
+        return networks_by_family(
+            entries,
+            name,
+            "10.0.0.0/8 or fc00::/7",
+            "would refuse every address; set lab_runtime_egress_filter instead",
+        )
+    except NetworkListError as exc:
+        raise EgressError(str(exc)) from None
 
 
 def egress_proxy(url, name: str = "lab_http_proxy") -> Dict[str, object]:

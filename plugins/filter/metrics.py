@@ -4,9 +4,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 from typing import Dict, List
+
+from ansible_collections.metalab.lab.plugins.module_utils.rules import NetworkListError, networks_by_family
 
 DOCUMENTATION = r"""
 name: metrics_scrapers
@@ -45,35 +45,15 @@ class MetricsError(ValueError):
 
 
 def metrics_scrapers(entries, name: str = "lab_metrics_scrapers") -> Dict[str, List[str]]:
-    if entries is None:
-        entries = []
-    if not isinstance(entries, (list, tuple)):
-        raise MetricsError(f"{name} must be a list of addresses or networks (10.20.0.0/24), not {entries!r}")
-    v4: List[ipaddress.IPv4Network] = []
-    v6: List[ipaddress.IPv6Network] = []
-    for index, entry in enumerate(entries):
-        where = f"{name}[{index}]"
-        if not isinstance(entry, str) or not entry.strip():
-            raise MetricsError(f"{where}: {entry!r} is not an address or network such as 192.0.2.10 or 10.20.0.0/24")
-        try:
-            net = ipaddress.ip_network(entry.strip(), strict=True)
-        except ValueError as exc:
-            hint = ""
-            with contextlib.suppress(ValueError):
-                hint = f" (did you mean {ipaddress.ip_network(entry.strip(), strict=False)}?)"
-            raise MetricsError(f"{where}: {entry!r} is not an address or network: {exc}{hint}") from None
-        if net.prefixlen == 0:
-            raise MetricsError(
-                f"{where}: {entry!r} admits every address, but the metrics name lab users; name the scraping hosts"
-            )
-        if isinstance(net, ipaddress.IPv4Network):
-            v4.append(net)
-        else:
-            v6.append(net)
-    return {
-        "ipv4": [str(n) for n in ipaddress.collapse_addresses(v4)],
-        "ipv6": [str(n) for n in ipaddress.collapse_addresses(v6)],
-    }
+    try:
+        return networks_by_family(
+            entries,
+            name,
+            "192.0.2.10 or 10.20.0.0/24",
+            "admits every address, but the metrics name lab users; name the scraping hosts",
+        )
+    except NetworkListError as exc:
+        raise MetricsError(str(exc)) from None
 
 
 def _ansible_error(func):

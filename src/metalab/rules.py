@@ -14,6 +14,8 @@ size and uid rules they apply; one file is also what lets plugins/module_utils/r
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
 import time
 from dataclasses import dataclass, field
@@ -344,6 +346,47 @@ REFUSED_PLATFORMS = {
     "Amazon_2": "Amazon Linux 2 is past its end of support and its Python is too old for current ansible-core; "
     "use Amazon Linux 2023",
 }
+
+
+class NetworkListError(ValueError):
+    pass
+
+
+def networks_by_family(entries: object, name: str, example: str, everything: str) -> Dict[str, List[str]]:
+    """A list of addresses or CIDR networks (an inventory setting called NAME) -> {"ipv4": [...], "ipv6": [...]},
+    each sorted with overlapping and adjacent networks merged (nftables interval sets refuse overlaps).
+
+    Raises NetworkListError naming the entry's index and value: not a list, not an address or network (EXAMPLE is
+    the hint), host bits set (with the network meant), or a /0 (EVERYTHING says why that is refused here)."""
+    if entries is None:
+        entries = []
+    if not isinstance(entries, (list, tuple)):
+        raise NetworkListError(f"{name} must be a list of addresses or networks ({example}), not {entries!r}")
+    v4: List[ipaddress.IPv4Network] = []
+    v6: List[ipaddress.IPv6Network] = []
+    for index, entry in enumerate(entries):
+        where = f"{name}[{index}]"
+        if not isinstance(entry, str) or not entry.strip():
+            raise NetworkListError(f"{where}: {entry!r} is not an address or network; write one such as {example}")
+        try:
+            net = ipaddress.ip_network(entry.strip(), strict=True)
+        except ValueError as exc:
+            hint = ""
+            with contextlib.suppress(ValueError):
+                hint = f" (did you mean {ipaddress.ip_network(entry.strip(), strict=False)}?)"
+            raise NetworkListError(
+                f"{where}: {entry!r} is not an address or network: {exc}{hint}; write one such as {example}"
+            ) from None
+        if net.prefixlen == 0:
+            raise NetworkListError(f"{where}: {entry!r} {everything}")
+        if isinstance(net, ipaddress.IPv4Network):
+            v4.append(net)
+        else:
+            v6.append(net)
+    return {
+        "ipv4": [str(n) for n in ipaddress.collapse_addresses(v4)],
+        "ipv6": [str(n) for n in ipaddress.collapse_addresses(v6)],
+    }
 
 
 def platform_problem(distribution: str, major_version: str, version: str = "") -> Optional[str]:

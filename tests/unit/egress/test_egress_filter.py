@@ -39,12 +39,12 @@ def test_single_addresses_and_empty_lists():
 @pytest.mark.parametrize(
     ("entries", "needle"),
     [
-        (["10.0.0.0/8", "10.0.0.300/8"], "lab_runtime_egress_deny[1]: '10.0.0.300/8' is not a network"),
+        (["10.0.0.0/8", "10.0.0.300/8"], "lab_runtime_egress_deny[1]: '10.0.0.300/8' is not an address or network"),
         (["10.1.2.3/8"], "did you mean 10.0.0.0/8?"),
         (["10.0.0.0/33"], "lab_runtime_egress_deny[0]: '10.0.0.0/33'"),
-        (["intranet.example.org"], "lab_runtime_egress_deny[0]: 'intranet.example.org' is not a network"),
-        (["", "10.0.0.0/8"], "lab_runtime_egress_deny[0]: '' is not a network"),
-        ([10], "lab_runtime_egress_deny[0]: 10 is not a network"),
+        (["intranet.example.org"], "lab_runtime_egress_deny[0]: 'intranet.example.org' is not an address or network"),
+        (["", "10.0.0.0/8"], "lab_runtime_egress_deny[0]: '' is not an address or network"),
+        ([10], "lab_runtime_egress_deny[0]: 10 is not an address or network"),
         (["0.0.0.0/0"], "would refuse every address"),
         ("10.0.0.0/8", "must be a list"),
     ],
