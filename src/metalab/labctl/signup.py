@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from metalab.labctl import config, output, runner
+from metalab.labctl import config, output
 from metalab.labctl.inventory import (
     UsersError,
     _move_trailing_comment,
@@ -33,27 +33,17 @@ from metalab.labctl.users import (
     HOST_OPTION,
     INVENTORY_OPTION,
     PLAIN_OPTION,
-    REPORT_TASK,
     BrokerResult,
     _rel,
-    broker_results,
+    broker_playbook,
 )
 from metalab.labctl.users import cli as users_cli
 
 
 def run_signup(args: list[str], *, inventory: str, host: str | None) -> BrokerResult:
     """``metalab-broker ARGS`` as root on the (one) lab host, lab_smtp on its stdin (playbooks/labctl/signup.yml)."""
-    hosts = host or "all"
-    model = runner.ProgressModel(watch=frozenset({REPORT_TASK}))
-    extravars = {"metalab_target": hosts, "metalab_broker_args": args}
-    job = runner.run_playbook(
-        runner.command_playbook("signup"), inventory=inventory, extravars=extravars, model=model, keep_artifacts=0
-    )
-    results, errors = broker_results(model)
-    for error in errors:
-        click.echo(f"labctl: {error}", err=True)
-    if not results:
-        raise UsersError(f"metalab-broker did not run on {hosts!r} ({job.status}); see the messages above")
+    extravars = {"metalab_target": host or "all", "metalab_broker_args": args}
+    results = broker_playbook("signup", inventory, extravars)
     return next(iter(results.values()))
 
 

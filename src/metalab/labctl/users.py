@@ -272,14 +272,21 @@ def run_broker(
         }
         if base_url:
             extravars["metalab_base_url"] = base_url
-        model = runner.ProgressModel(watch=frozenset({REPORT_TASK}))
-        job = runner.run_playbook(
-            runner.command_playbook("broker"), inventory=inventory, extravars=extravars, model=model, keep_artifacts=0
-        )
+        return broker_playbook("broker", inventory, extravars)
+
+
+def broker_playbook(playbook: str, inventory: str, extravars: dict[str, Any]) -> dict[str, BrokerResult]:
+    """Run playbooks/labctl/PLAYBOOK.yml (it reports metalab-broker's result per host in REPORT_TASK); the results,
+    each host's failure said on stderr; UsersError when no host ran it."""
+    model = runner.ProgressModel(watch=frozenset({REPORT_TASK}))
+    job = runner.run_playbook(
+        runner.command_playbook(playbook), inventory=inventory, extravars=extravars, model=model, keep_artifacts=0
+    )
     results, errors = broker_results(model)
     for error in errors:
         click.echo(f"labctl: {error}", err=True)
     if not results:
+        hosts = extravars.get("metalab_target")
         raise UsersError(f"metalab-broker did not run on {hosts!r} ({job.status}); see the messages above")
     return results
 
