@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from metalab.host.guard import idle
 from metalab.portal.text import human_bytes, lab_user_of, safe_next
 
 from .conftest import PASSWORDS, Browser, LabEnv
@@ -135,6 +136,32 @@ def test_gpu_runtime_and_quota(env: LabEnv) -> None:
     bob = env.browser()
     bob.login("bob")
     assert 'value="gpu"' not in bob.get("/").get_data(as_text=True)  # bob may not use GPUs
+
+
+def test_home_without_a_quota_says_so(env: LabEnv) -> None:
+    quota = env.tmp / "quota.json"
+    quota.write_text('{"alice": {"used_bytes": 3221225472, "limit_bytes": 0}}')
+    env.stop_broker()
+    env.broker_data["quota_file"] = str(quota)
+    env.start_broker()
+    browser = env.browser()
+    browser.login("alice")
+    page = browser.get("/").get_data(as_text=True)
+    assert "3.0 GiB used (no quota)" in page and "used of 0" not in page
+
+
+def test_the_idle_stop_is_shown_with_the_runtime(env: LabEnv) -> None:
+    browser = env.browser()
+    browser.login("alice")
+    browser.post("/start", {"kind": "cpu"})
+    page = browser.get("/").get_data(as_text=True)
+    # Not asked yet by a guard run: in use, with the timeout of her kind (3 h for CPU by default).
+    assert 'id="idle-stop">in use' in page and "stops after 3h" in page
+    # A guard run found it idle since 10:00 UTC on 2030-01-01: it stops at 13:00 unless she uses it.
+    session = browser.get("/api/status").get_json()["runtime"]["session"]
+    idle.write_state(idle.state_path(env.guard["ledger"]), {str(session): {"since": 1893492000.0}})
+    page = browser.get("/").get_data(as_text=True)
+    assert 'id="idle-stop">at 2030-01-01T13:00:00Z if it stays unused' in page
 
 
 def test_cannot_act_for_another_user_through_the_portal(env: LabEnv) -> None:
