@@ -13,7 +13,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 # Debian packages the sandboxes and tests need on the machine running them.
 APT_PACKAGES := debootstrap systemd-container qemu-system-x86 qemu-utils tinyproxy iproute2 \
 	openssh-client e2fsprogs rsync curl ca-certificates chromium fonts-dejavu-core nftables \
-	checkpolicy semodule-utils restic
+	checkpolicy semodule-utils restic acl
 SCENARIOS ?= default metal
 DEMO_NAME ?= demo
 # MITOGEN=1: the sandbox, molecule and e2e targets run Ansible with Mitogen for Ansible's strategy (the optional

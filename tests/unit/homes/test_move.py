@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,7 +83,10 @@ def test_import_keeps_everything_and_maps_owners(exported: Exported, target: Pat
     assert staging_dirs(target) == []
     m = str(exported.manifest)
     maps = ("--uid-map", f"{OLD_UID}:{NEW_UID}", "--gid-map", f"{OLD_GID}:{NEW_GID}")
-    assert homes_cli("verify", str(new), "--manifest", m, *maps) == (0, {"home": str(new), "differences": [], "ok": True})
+    assert homes_cli("verify", str(new), "--manifest", m, *maps) == (
+        0,
+        {"home": str(new), "differences": [], "ok": True},
+    )
     # a rerun of the finished import changes nothing and says so
     assert _import(exported, target)[1]["already_imported"] is True
     # verify lists what differs
@@ -97,3 +102,20 @@ def test_import_into_an_empty_existing_home(exported: Exported, target: Path) ->
     target.mkdir()
     assert _import(exported, target)[0] == 0
     assert (target / "notes.txt").read_text() == "hello\n"
+
+
+def test_export_to_stdout_piped_into_import_from_stdin(exported: Exported, target: Path) -> None:
+    """The command line as a move would run it between hosts: the manifest first, then export --to - | import -."""
+    manifest = target.parent / "alice.manifest.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    homes = f"{sys.executable} -m metalab.host.homes.cli"
+    ids = f"--uid {NEW_UID} --gid {NEW_GID}"
+    pipe = (
+        f"set -o pipefail; {homes} manifest {exported.home} > {manifest}"
+        f" && {homes} export {exported.home} --to - --json 2>/dev/null"
+        f" | {homes} import - --manifest {manifest} --into {target} {ids} --json"
+    )
+    proc = subprocess.run(["bash", "-c", pipe], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["imported"] is True
+    assert (target / "notes.txt").read_text() == "hello\n" and os.lstat(target).st_uid == NEW_UID

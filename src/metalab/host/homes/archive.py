@@ -72,17 +72,16 @@ def _run_tar(cmd: List[str], sink: IO[bytes]) -> str:
 def export(
     home: str, to: str, manifest_path: Optional[str] = None, stdout: Optional[IO[bytes]] = None
 ) -> Dict[str, Any]:
-    """Archive ``home`` to ``to`` ('-': ``stdout``, the manifest then goes to ``manifest_path``)."""
+    """Archive ``home`` to ``to`` ('-': ``stdout``, and the manifest to ``manifest_path`` when given)."""
     home = tree.check_home_path(home)
     manifest = tree.build(home)
     cmd = [*TAR_CREATE, "-C", home, "--file=-", "."]
     if to == "-":
-        if not manifest_path:
-            raise HomesError("export to stdout needs --manifest PATH", "bad-input")
-        manifest_path = tree.check_home_path(manifest_path, "--manifest")
-        if os.path.lexists(manifest_path):
-            raise HomesError(f"{manifest_path} exists; it is never overwritten", "refused")
-        _write_new(manifest_path, _dump(manifest))
+        if manifest_path:  # a stream's manifest is needed before it: `manifest HOME` first, or this
+            manifest_path = tree.check_home_path(manifest_path, "--manifest")
+            if os.path.lexists(manifest_path):
+                raise HomesError(f"{manifest_path} exists; it is never overwritten", "refused")
+            _write_new(manifest_path, _dump(manifest))
         sha = _run_tar(cmd, stdout) if stdout is not None else ""
         return {"home": home, "manifest": manifest_path, "archive_sha256": sha, "totals": manifest["totals"]}
     to = tree.check_home_path(to, "--to")

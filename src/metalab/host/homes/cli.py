@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", parents=[common], help="HOME as a tar archive, with its manifest and sha256")
     p.add_argument("home")
     p.add_argument("--to", required=True, help="FILE.tar, or - for stdout")
-    p.add_argument("--manifest", help="where the manifest goes with --to -")
+    p.add_argument("--manifest", help="with --to -: write the manifest there too")
     p = sub.add_parser("import", parents=[common], help="an exported archive into a new HOME, verified first")
     p.add_argument("archive", help="FILE.tar, or - for stdin")
     p.add_argument("--manifest", help="the manifest (default: FILE.manifest.json beside FILE.tar)")
