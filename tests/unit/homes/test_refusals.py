@@ -71,7 +71,9 @@ def test_a_copy_that_does_not_match_the_manifest_is_never_switched_to(exported: 
 
 
 def test_bad_input_is_refused(exported: Exported, target: Path) -> None:
+    os.symlink(exported.home, target.parent / "link-to-alice")
     for args in (
+        ("manifest", str(target.parent / "link-to-alice")),  # a home that is a link is not followed
         ("manifest", "relative/home"),
         ("manifest", f"{exported.home}/../alice"),
         ("export", str(exported.home), "--to", "archive.tar"),

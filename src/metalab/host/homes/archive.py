@@ -135,9 +135,12 @@ def check_sums(sums_path: str) -> List[str]:
             if "/" in name or not re.fullmatch(r"[0-9a-f]{64}", want):
                 raise HomesError(f"{sums_path}: bad line {line!r}", "bad-input")
             digest = hashlib.sha256()
-            with open(path, "rb") as data:
-                for chunk in iter(lambda: data.read(CHUNK), b""):
-                    digest.update(chunk)
+            try:
+                with open(path, "rb") as data:
+                    for chunk in iter(lambda: data.read(CHUNK), b""):
+                        digest.update(chunk)
+            except OSError as exc:
+                raise HomesError(f"{path}, listed in {sums_path}: {exc.strerror}") from None
             if digest.hexdigest() != want:
                 raise HomesError(f"{path} does not match its checksum in {sums_path}: the archive is damaged")
             checked.append(path)

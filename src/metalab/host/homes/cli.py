@@ -85,7 +85,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(exc.code or 0) and CODES["bad-input"]
     out = sys.stderr if args.command == "export" and args.to == "-" else sys.stdout
     try:
-        result = dispatch(args)
+        try:
+            result = dispatch(args)
+        except OSError as exc:  # a disk, permission or rename error nothing above turned into a HomesError
+            raise HomesError(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")) from exc
     except HomesError as exc:
         if args.json:
             print(json.dumps({"ok": False, "error": exc.message, "code": exc.code, "details": exc.details}), file=out)
