@@ -119,3 +119,13 @@ def test_an_interrupted_import_is_finished_by_a_rerun(exported: Exported, target
     code, result = _import(exported.tar, target)
     assert code == 0 and result["imported"], result
     assert staging_dirs(target) == [] and (target / "notes.txt").read_text() == "hello\n"
+
+
+def test_an_interrupted_export_is_finished_by_a_rerun(exported: Exported, tmp_path: Path) -> None:
+    """Leftovers without the tar (renamed last) are an unfinished export: the rerun replaces them."""
+    for name in ("alice.tar.part", "alice.manifest.json", "alice.sha256.part"):
+        (tmp_path / name).write_text("half written")
+    code, result = homes_cli("export", str(exported.home), "--to", str(tmp_path / "alice.tar"))
+    assert code == 0, result
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alice.manifest.json", "alice.sha256", "alice.tar"]
+    assert subprocess.run(["sha256sum", "-c", "alice.sha256"], cwd=tmp_path, capture_output=True).returncode == 0
