@@ -36,6 +36,10 @@ class GatedPodman:
         return self.gates.setdefault(user, threading.Event())
 
     def __call__(self, argv, timeout):  # type: ignore[no-untyped-def]
+        hook = getattr(self, "on_ps", None)
+        if hook is not None and "ps" in argv:
+            self.on_ps = None
+            return hook(argv, timeout)
         if "run" in argv:
             user = argv[argv.index("--name") + 1].removeprefix("metalab-")
             gate = self.gate(user)
@@ -182,3 +186,26 @@ def test_a_drain_waits_for_the_starts_at_work_and_then_lists_them_as_running(env
     assert "error" not in r1 and "error" not in r2, (r1, r2)
     assert [r["user"] for r in r2["result"]["running"]] == ["alice"]
     assert r2["result"]["running"][0]["state"] == "running"
+
+
+def test_a_start_that_finishes_while_a_guard_run_lists_containers_is_not_taken_for_a_crash(env, gated):
+    """The guard run reads the open rows and which starts are at work before it lists the containers: a start that
+    finishes right after an earlier listing would otherwise look like a runtime whose container is gone."""
+    t1, r1 = in_thread(gated, Lab.start, "alice", "cpu", T0)
+    assert gated.entered["alice"].wait(10)
+
+    def stale_listing(argv, timeout):  # type: ignore[no-untyped-def]
+        with gated.mutex:
+            listing = env.sim(argv, timeout)  # taken before alice's podman run has made her container
+        gated.gate("alice").set()
+        t1.join(10)  # her start finishes: container running, row running, start lock released
+        return listing
+
+    gated.on_ps = stale_listing
+    lab = gated.new_lab()
+    report = lab.run(T0 + 1)
+    assert "error" not in r1, r1
+    assert report.crashed == [] and report.orphans == []
+    assert states(lab) == {"alice": "running"}
+    assert env.sim.containers()["metalab-alice"]["state"] == "running"
+    assert (env.tmp / "tokens" / "alice").exists()  # her token (and socket) were not released

@@ -215,13 +215,20 @@ class Lab:
             report.finished.append(row.user)
 
     def reconcile(self, now: float, report: RunReport) -> Dict[str, ContainerInfo]:
-        """Finish interrupted stops and starts, close rows of crashed runtimes, remove containers without a row."""
-        containers = self.engine.list()
+        """Finish interrupted stops and starts, close rows of crashed runtimes, remove containers without a row.
+
+        The order matters while starts run their podman run without the guard lock: the open rows first, then which
+        of them are starts at work, then the containers. A row that is not at work by then has its container (if
+        it is alive) in the listing that follows; listing first could miss a container whose start finished just
+        after, and take it for a crash. (No row opens meanwhile: inserts happen under the guard lock, which every
+        caller of reconcile holds; a container whose row is open anyway is still left alone.)"""
         open_rows = self.ledger.open_runtimes()
+        at_work = {row.id for row in open_rows if self.start_in_progress(row)}
+        containers = self.engine.list()
         for row in open_rows:
             info = containers.get(row.container)
             ours = info is not None and info.session == row.id
-            if self.start_in_progress(row):
+            if row.id in at_work:
                 continue  # its podman run is under way; the start records the outcome itself
             try:
                 if row.state == "stopping":
@@ -249,6 +256,10 @@ class Lab:
         for name, info in containers.items():
             if info.session in open_ids:
                 continue  # handled above (still running, or its stop failed and is retried next run)
+            if info.session is not None:
+                newer = self.ledger.get(info.session)
+                if newer is not None and newer.ended is None:
+                    continue  # defensive: never stop a container whose row is open
             try:
                 self.engine.stop(name)
             except EngineError as exc:
