@@ -17,8 +17,10 @@ import pytest
 
 from metalab.host.guard import idle
 from metalab.host.guard.config import ConfigError, parse_config
+from metalab.host.guard.engine import PodmanEngine
 from metalab.host.guard.idle import Activity, idle_since, idle_stop_at
 from metalab.host.guard.policy import format_iso
+from metalab.host.guard.sessions import Lab
 from metalab.rules import parse_idle_timeouts
 
 from .conftest import T0, Env
@@ -379,5 +381,36 @@ def test_no_idle_warnings_while_she_works_even_with_a_short_timeout(idle_env):
         assert lab.run(T0 + 35 * M).warned == ["bob"]  # 4 minutes left
         assert "stops in 4m" in notice.read_text()
         assert lab.run(T0 + 40 * M).stopped == [("bob", "idle")]
+    finally:
+        fake.close()
+
+
+def test_asking_a_stalling_jupyterlab_does_not_hold_the_guard_lock(idle_env):
+    """The guard run asks the runtimes before it takes the lock: while bob's JupyterLab trickles its answer out
+    (up to the probe's 5 s deadline), alice's start goes through at once."""
+    lab = idle_env.lab()
+    lab.start("bob", "cpu", T0)
+    fake = jupyter_for(idle_env, "bob")
+    fake.trickle = 0.2
+    box: Dict[str, Any] = {}
+
+    def guard_run() -> None:
+        config = parse_config(idle_env.data, str(idle_env.path))  # its own SQLite connection, in its own thread,
+        runner = Lab(config, engine=PodmanEngine(config.runtime, runner=idle_env.sim))  # like a second process
+        box["report"] = runner.run(T0 + 10 * M)
+        runner.close()
+
+    thread = threading.Thread(target=guard_run, daemon=True)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 5
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.requests, "the guard run never asked bob's JupyterLab"
+        began = time.monotonic()
+        assert lab.start("alice", "cpu", T0 + 10 * M)["user"] == "alice"
+        assert time.monotonic() - began < 2.5 and thread.is_alive(), "alice's start waited for the probe"
+        thread.join(15)
+        assert box["report"].stopped == []  # bob's activity unknown (the probe timed out): never idle
     finally:
         fake.close()

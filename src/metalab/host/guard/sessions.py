@@ -24,6 +24,7 @@ report and the drain are modules of their own.
 
 from __future__ import annotations
 
+import concurrent.futures
 import fcntl
 import logging
 import os
@@ -525,6 +526,10 @@ class Lab:
     def run(self, now: Optional[float] = None) -> RunReport:
         """One guard run: reconcile, warn, stop what is past its limit or budget."""
         report = RunReport()
+        # Asking the runtimes whether they are idle takes up to idle.PROBE_TIMEOUT each (a JupyterLab that is busy
+        # starting may not answer at once): all at once, and before the lock, so that starts and stops never wait
+        # for it. A runtime that starts meanwhile is not in it: its activity is unknown this run (never idle).
+        activities = self._probe_activity()
         wait = self.config.run_lock_wait
         deadline_at = time.monotonic() + wait
         if not self.gate.acquire(wait):
@@ -553,7 +558,7 @@ class Lab:
                     if due:
                         self._warn(row, due, dl.stop_at, dl.reason, now)
                         report.warned.append(row.user)
-                    self._check_idle(row, now, report, idle_before, idle_now)
+                    self._check_idle(row, now, report, idle_before, idle_now, activities)
                 except EngineError as exc:
                     report.errors.append(f"{row.user}: {exc}")
                     log.error("%s: %s", row.user, exc)
@@ -565,22 +570,43 @@ class Lab:
         finally:
             self.lock.release()
 
-    def _check_idle(
-        self, row: Runtime, now: float, report: RunReport, before: Dict[str, Any], after: Dict[str, Any]
-    ) -> None:
-        """Warn, then stop (reason idle), a runtime whose JupyterLab reports no activity for the idle timeout."""
-        timeout = self.config.idle_timeout.get(row.kind)
-        if timeout is None:
-            return
+    def _probe_one(self, row: Runtime) -> Optional[idle.Activity]:
         rt = self.config.runtime
         user = self.config.users.get(row.user)
         try:
             if user is None:
                 raise idle.ProbeError(f"{row.user} is not a lab user of this host any more")
-            activity: Optional[idle.Activity] = idle.probe_runtime(rt.socket_root, rt.token_dir, row.user, user.uid)
+            return idle.probe_runtime(rt.socket_root, rt.token_dir, row.user, user.uid)
         except idle.ProbeError as exc:  # not listening yet, or not answering: never idle on missing information
             log.debug("activity of %s unknown: %s", row.user, exc)
-            activity = None
+            return None
+
+    def _probe_activity(self) -> Dict[int, Optional[idle.Activity]]:
+        """Each running runtime's activity (None: unknown), keyed by session; the runtimes asked in parallel."""
+        rows = [
+            r
+            for r in self.ledger.open_runtimes()
+            if r.state == "running" and self.config.idle_timeout.get(r.kind) is not None
+        ]
+        if not rows:
+            return {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, len(rows))) as pool:
+            return dict(zip([r.id for r in rows], pool.map(self._probe_one, rows)))
+
+    def _check_idle(
+        self,
+        row: Runtime,
+        now: float,
+        report: RunReport,
+        before: Dict[str, Any],
+        after: Dict[str, Any],
+        activities: Dict[int, Optional[idle.Activity]],
+    ) -> None:
+        """Warn, then stop (reason idle), a runtime whose JupyterLab reports no activity for the idle timeout."""
+        timeout = self.config.idle_timeout.get(row.kind)
+        if timeout is None:
+            return
+        activity = activities.get(row.id)
         since = idle.idle_since(row.started, activity, now)
         key = str(row.id)
         previous = before.get(key) or {}
