@@ -617,9 +617,9 @@ def concurrent_result(data: Dict[str, Any], single_guard_s: Optional[float]) -> 
     guard_case = dict(figure(guard), label="  of which their metalab-guard start returned",
                       p50_s=percentile(guard, 50), p95_s=percentile(guard, 95))  # fmt: skip
     note = (
-        "metalab-guard start holds the guard lock from its ledger insert until podman run returns, so the guard "
-        "commands of simultaneous starts run one after the other (their guard_s grow like a queue: the last one "
-        "waits for the nine before it); the JupyterLab starts inside the containers overlap."
+        "metalab-guard start holds the guard lock only for its decisions and its ledger row; her token, socket "
+        "tmpfs and podman run run under her own start lock, so the podman runs of simultaneous starts overlap "
+        "(guard_s no longer grows like a queue); what they share is podman's own locking and the machine's cores."
     )
     if single_guard_s:
         note += f" One start alone spends {single_guard_s:.2f} s in metalab-guard start (latency section)."
