@@ -33,10 +33,16 @@ CHANGED_FILES = (
 )
 # Stop cron, then wait until a guard run it may have started just before has ended ('[m]' keeps pgrep from
 # matching this very command line).
+# cron (the guard) and metalab's own timers (home usage, metrics, backups) write on their own schedule: paused for the
+# check, and exactly the timers that were active started again afterwards (their list is kept under /run).
+TIMERS = "/run/metalab-test-timers"
 PAUSE_CRON = (
-    "sudo systemctl stop cron && for i in $(seq 100); do pgrep -f '[m]etalab-guard' >/dev/null || exit 0; "
+    "sudo systemctl list-units --type=timer --state=active --plain --no-legend 'metalab-*' | cut -d' ' -f1 "
+    f"| sudo tee {TIMERS} >/dev/null && sudo systemctl stop cron $(cat {TIMERS}) && "
+    "for i in $(seq 100); do pgrep -f '[m]etalab-(guard|backup)' >/dev/null || exit 0; "
     "sleep 0.1; done; echo 'a guard run did not end' >&2; exit 1"
 )
+RESUME_CRON = f"sudo systemctl start cron $(cat {TIMERS})"
 STATE = (
     "sudo sha256sum /etc/passwd /etc/group /etc/shadow; sudo ls -ln /srv/metalab/homes 2>&1; "
     "sudo cat /var/lib/metalab/lab_users.json"
@@ -56,7 +62,7 @@ def _cron_paused(record: dict) -> Iterator[None]:
     try:
         yield
     finally:
-        assert ssh(record, "sudo systemctl start cron").returncode == 0
+        assert ssh(record, RESUME_CRON).returncode == 0
 
 
 def _refused_without_change(
