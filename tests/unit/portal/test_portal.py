@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 
@@ -121,15 +122,20 @@ def test_start_and_stop_my_runtime(env: LabEnv) -> None:
     assert 'id="runtime-state">stopped' in browser.get("/").get_data(as_text=True)
 
 
-def test_gpu_runtime_and_quota(env: LabEnv) -> None:
+def alice_page_with_usage(env: LabEnv, usage: str) -> Tuple[Browser, str]:
+    """alice's lab page, the broker restarted with a usage (quota) file holding USAGE."""
     quota = env.tmp / "quota.json"
-    quota.write_text('{"alice": {"used_bytes": 3221225472, "limit_bytes": 16106127360}}')
+    quota.write_text(usage)
     env.stop_broker()
     env.broker_data["quota_file"] = str(quota)
     env.start_broker()
     browser = env.browser()
     browser.login("alice")
-    page = browser.get("/").get_data(as_text=True)
+    return browser, browser.get("/").get_data(as_text=True)
+
+
+def test_gpu_runtime_and_quota(env: LabEnv) -> None:
+    browser, page = alice_page_with_usage(env, '{"alice": {"used_bytes": 3221225472, "limit_bytes": 16106127360}}')
     assert "3.0 GiB used of 15.0 GiB" in page and "2 of 2 GPUs free" in page
     browser.post("/start", {"kind": "gpu"})
     assert env.sim.containers()["metalab-alice"]["labels"]["metalab.gpu"] == "0"
@@ -139,14 +145,7 @@ def test_gpu_runtime_and_quota(env: LabEnv) -> None:
 
 
 def test_home_without_a_quota_says_so(env: LabEnv) -> None:
-    quota = env.tmp / "quota.json"
-    quota.write_text('{"alice": {"used_bytes": 3221225472, "limit_bytes": 0}}')
-    env.stop_broker()
-    env.broker_data["quota_file"] = str(quota)
-    env.start_broker()
-    browser = env.browser()
-    browser.login("alice")
-    page = browser.get("/").get_data(as_text=True)
+    _, page = alice_page_with_usage(env, '{"alice": {"used_bytes": 3221225472, "limit_bytes": 0}}')
     assert "3.0 GiB used (no quota)" in page and "used of 0" not in page
 
 
