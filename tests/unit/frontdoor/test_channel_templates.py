@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 
@@ -171,3 +170,12 @@ def test_the_home_hosts_firewall_admits_the_front_door_to_the_internal_port_only
         __base_sshd_probe={"stdout_lines": ["port 22"]},
     )  # fmt: skip
     assert "tcp dport { 80, 443 } accept" in single and "8443" not in single
+
+
+def test_a_single_host_labs_firewall_is_the_one_of_today():
+    expected = (RENDERED / "etc/metalab/firewall.nft").read_text()
+    text = render(
+        "base", "etc/metalab/firewall.nft.j2", inventory_hostname="lab1", groups={"all": ["lab1"]},
+        __base_sshd_probe={"stdout_lines": ["port 22"]}, __base_firewall_unit="metalab-firewall.service",
+    )  # fmt: skip
+    assert text == expected
