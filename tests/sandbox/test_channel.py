@@ -3,13 +3,17 @@ host; alice is homed on ch1, bob on ch2 (docs/security.md, "Trust between lab ho
 
 Only the roles the channel needs are converged (base for the firewall, frontdoor with its lab CA and certificates):
 no runtime image, so bob's JupyterLab is not running and ch2 answers with its "not running" page; that the request
-went through ch2 is read from ch2's internal access log. About three minutes on the development machine.
+went through ch2 is read from ch2's internal access log, and a stand-in listening on his socket on ch2 answers a
+websocket through both hops. About five minutes on the (shared, loaded) development machine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import socket
+import ssl
 import subprocess
 import uuid
 
@@ -150,3 +154,78 @@ def test_the_one_address_reaches_bob_on_his_home_host(lab):
         check=False,
     )  # fmt: skip
     assert ssh(home, f"sudo grep -cF {marker3} {LOG}").stdout.strip() == "0"
+
+
+# A stand-in for bob's JupyterLab on ch2 (no runtime image here): answers a websocket upgrade with 101 and then echoes
+# what arrives, on the socket where his runtime's JupyterLab listens. It serves one connection and exits.
+ECHO = r"""
+import os, socket
+path = "/run/metalab/sockets/bob/jupyter.sock"
+os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+if os.path.exists(path):
+    os.unlink(path)
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+os.chmod(path, 0o666)
+server.listen(1)
+conn, _ = server.accept()
+request = b""
+while b"\r\n\r\n" not in request:
+    request += conn.recv(4096)
+if b"upgrade: websocket" in request.lower():
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    while True:
+        data = conn.recv(4096)
+        if not data:
+            break
+        conn.sendall(b"echo from ch2: " + data)
+conn.close()
+os.unlink(path)
+"""
+
+
+def test_a_websocket_to_bob_goes_through_the_front_door_to_his_socket_on_ch2(lab):
+    front, home = lab["records"][FRONT], lab["records"][HOME]
+    started = ssh(
+        home,
+        "sudo systemd-run --unit=metalab-test-echo --collect python3 -c " + shlex.quote(ECHO)
+        + " && for i in $(seq 50); do test -S /run/metalab/sockets/bob/jupyter.sock && exit 0; sleep 0.1; done; exit 1",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((front["ansible_host"], 443), timeout=10) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(
+            b"GET /user/bob/api/kernels/x/channels HTTP/1.1\r\nHost: " + front["ansible_host"].encode()
+            + b"\r\nAuthorization: token x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )  # fmt: skip
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += tls.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        tls.sendall(b"hello bob")
+        assert tls.recv(4096) == b"echo from ch2: hello bob"
+
+
+def test_a_certificate_near_its_end_is_renewed_and_the_channel_keeps_working(lab, tmp_path):
+    front, home = lab["records"][FRONT], lab["records"][HOME]
+    serial = "sudo openssl x509 -in /etc/metalab/tls/lab-host.crt -noout -serial"
+    before = ssh(home, serial).stdout
+    # ch2's certificate (365 days) is inside a 400-day renewal window: the converge renews it, signed on ch1.
+    soon = tmp_path / "renew.yml"
+    soon.write_text(json.dumps({"all": {"hosts": {HOME: {"frontdoor_channel_renew_days": 400}}}}))
+    renew = playbook("site.yml", *lab["inventories"], soon, tags=TAGS)
+    assert renew.returncode == 0, failures(renew)
+    totals = recap(renew.stdout)
+    assert totals[HOME]["changed"] > 0 and totals[FRONT]["changed"] == 0, totals
+    assert ssh(home, serial).stdout != before
+    marker = uuid.uuid4().hex
+    answer = subprocess.run(
+        ["curl", "-sk", "-m", "10", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Authorization: token x",
+         f"https://{front['ansible_host']}/user/bob/?{marker}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert answer.stdout == "503"
+    assert marker in ssh(home, f"sudo grep -F {marker} {LOG}").stdout
