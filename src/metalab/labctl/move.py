@@ -15,6 +15,7 @@ is checked here, not by metalab.rules.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -277,6 +278,7 @@ def cli(name: str, to: str, stop: bool, inventory: str | None) -> None:
     step(f"    {'resuming the move ' + move['stamp'] if marker else 'new move ' + move['stamp']}; quota fits on {to}")
     if src.account is not None:
         move["uid_source"], move["gid_source"] = src.account[2], src.account[3]
+        runner.cache_dir().mkdir(parents=True, exist_ok=True)  # the relay: the archive passes through here
         relay = Path(tempfile.mkdtemp(prefix="labctl-move-", dir=runner.cache_dir()))
         try:
             step(f"2/4 copy: archive on {source}, relay through this machine, import and verify on {to}, ledger rows")
@@ -294,6 +296,8 @@ def cli(name: str, to: str, stop: bool, inventory: str | None) -> None:
             f"    {to}: {totals.get('entries')} entries verified ({totals.get('bytes')} bytes),"
             f" ledger rows: {(report.get('ledger') or {}).get('user_rows')}"
         )
+        if os.environ.get("METALAB_MOVE_STOP_AFTER") == "copy":  # tests: an interruption between copy and retire
+            raise click.ClickException(f"interrupted after copy (METALAB_MOVE_STOP_AFTER); {name} stays on {source}")
         step(f"3/4 retire on {source}: archive checked, ledger rows, account and home removed")
         reports, errors = _playbook("retire", inv, move)
         if errors:
