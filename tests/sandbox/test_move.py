@@ -138,6 +138,7 @@ def test_interrupted_move_rerun_finishes_byte_identical(lab: Lab) -> None:
     assert '"sessions"' not in sh(lab.src, "metalab-guard usage --json")
     assert sh(lab.src, f"test -e {HOME} && echo left; getent passwd lab-alice || true").strip() == ""
     assert "OK" in sh(lab.src, "cd /var/lib/metalab/moved && sha256sum --check alice-*.sha256")
+    assert sh(lab.src, "cd /var/lib/metalab/moved && ls alice.mov*").split() == ["alice.moved.json"]
     hosts = yaml.safe_load(lab.inventory.read_text())["all"]["vars"]["lab_users"]
     assert [u.get("host") for u in hosts] == [TARGET, TARGET]
     assert lab.inventory.read_text().startswith("# the move test's lab\n")

@@ -54,7 +54,16 @@ class HostProbe:
 
     @property
     def marker(self) -> dict[str, Any] | None:
-        text = self.facts.get("marker")
+        """The move under way from this host (NAME.moving.json), if any."""
+        return self._json("marker")
+
+    @property
+    def moved(self) -> dict[str, Any] | None:
+        """The last finished move from this host (NAME.moved.json), if any."""
+        return self._json("moved")
+
+    def _json(self, key: str) -> dict[str, Any] | None:
+        text = self.facts.get(key)
         if not text:
             return None
         try:
@@ -95,14 +104,13 @@ def lab_hosts(data: Mapping[str, Any]) -> list[str]:
     return sorted(hosts - backup)
 
 
-def _home_host(entry: Mapping[str, Any], hosts: list[str]) -> str:
-    """Private stand-in for metalab.labctl.layout.home_host (helper "layout"): the entry's host, or the only host."""
+def _home_host(entry: Mapping[str, Any], hosts: list[str]) -> str | None:
+    """Private stand-in for metalab.labctl.layout.home_host (helper "layout"): the entry's host, or the only host;
+    None when neither says."""
     host = entry.get("host")
     if host:
         return str(host)
-    if len(hosts) == 1:
-        return hosts[0]
-    raise UsersError(f"{entry.get('name')} has no home host (lab_users[].host) in a lab of {len(hosts)} hosts")
+    return hosts[0] if len(hosts) == 1 else None
 
 
 def _settings(doc: Any) -> dict[str, Any]:
@@ -160,7 +168,7 @@ def check(
     marker = source.marker
     if marker and marker.get("target") != to:
         problems.append(f"{source.host}: a move of {name} to {marker.get('target')} is under way; finish it first")
-    if source.account is None and not marker:
+    if source.account is None and not marker and (source.moved or {}).get("target") != to:
         problems.append(f"{source.host}: {name} has no account ({user['login']}) there to move")
     if target.account is None:
         problems.append(
@@ -251,6 +259,8 @@ def cli(name: str, to: str, stop: bool, inventory: str | None) -> None:
     if to not in hosts:
         raise MoveRefused(f"{to!r} is not a lab host of the inventory (lab hosts: {', '.join(hosts)}); nothing changed")
     source = _home_host(entry, hosts)
+    if source is None:
+        raise MoveRefused(f"{name} has no home host (lab_users[].host) in a lab of {len(hosts)} hosts; nothing changed")
     if source == to:
         step(f"{name} is already homed on {to}: nothing to do")
         return
@@ -273,7 +283,7 @@ def cli(name: str, to: str, stop: bool, inventory: str | None) -> None:
     problems = check(user, src, dst, stop, room, to)
     if problems:
         raise MoveRefused("refused, nothing changed:\n  " + "\n  ".join(problems))
-    marker = src.marker
+    marker = src.marker or (src.moved if src.account is None else None)
     move["stamp"] = str(marker["stamp"]) if marker else time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     step(f"    {'resuming the move ' + move['stamp'] if marker else 'new move ' + move['stamp']}; quota fits on {to}")
     if src.account is not None:

@@ -148,13 +148,34 @@ def test_running_runtime_with_stop_goes_on(lab: tuple[Path, FakeLab]) -> None:
 def test_rerun_after_retire_only_writes_the_inventory(lab: tuple[Path, FakeLab]) -> None:
     hosts, fake = lab
     marker = json.dumps({"stamp": "20260101T000000Z", "target": "lab2", "user": "alice"})
-    fake.answers["lab1"] = answer("lab1", account=False, home="no", marker=marker)
+    fake.answers["lab1"] = answer("lab1", account=False, home="no", moved=marker)
     fake.answers["lab2"] = answer("lab2")
     code, out = run(hosts, "alice", "--to", "lab2")
     assert code == 0, out
     assert "resuming the move 20260101T000000Z" in out
     assert fake.phases == ["probe"]
     assert "host: lab2\n      - name: bob" in hosts.read_text()
+
+
+def test_an_earlier_finished_move_is_not_resumed(lab: tuple[Path, FakeLab]) -> None:
+    """alice moved lab1 -> lab2 once, came back; moving her to lab2 again makes a new archive, never the old one."""
+    hosts, fake = lab
+    old = json.dumps({"stamp": "20250101T000000Z", "target": "lab2", "user": "alice"})
+    fake.answers["lab1"] = answer("lab1", moved=old)
+    code, out = run(hosts, "alice", "--to", "lab2")
+    assert code == 0, out
+    assert "new move" in out and "20250101T000000Z" not in out
+    assert fake.phases == ["probe", "copy", "retire"]
+
+
+def test_no_home_host_in_a_lab_of_two_is_refused(lab: tuple[Path, FakeLab]) -> None:
+    hosts, fake = lab
+    hosts.write_text(HOSTS.replace("        host: lab1\n      - name: bob", "      - name: bob", 1))
+    before = hosts.read_bytes()
+    code, out = run(hosts, "alice", "--to", "lab2")
+    assert code == 3, out
+    assert "alice has no home host (lab_users[].host) in a lab of 2 hosts" in out
+    assert hosts.read_bytes() == before and fake.phases == []
 
 
 def test_quota_headroom_counts_the_quotas_of_the_targets_users() -> None:
