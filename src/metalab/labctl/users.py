@@ -18,6 +18,7 @@ import click
 from metalab.labctl import config, output, runner
 from metalab.labctl.backup import restore_cmd as backup_restore_cmd
 from metalab.labctl.inventory import UsersError, add_users, locate, plain, remove_user, set_user
+from metalab.labctl.move import cli as move_cmd
 
 TRUE = {"true", "yes", "y", "1", "on"}
 FALSE = {"false", "no", "n", "0", "off", ""}
@@ -355,3 +356,5 @@ def enroll_cmd(
 
 # `labctl users restore`: from the lab hosts' backups (metalab.labctl.backup runs metalab-backup there).
 cli.add_command(backup_restore_cmd)
+# `labctl users move`: a home to another lab host (metalab.labctl.move).
+cli.add_command(move_cmd)
