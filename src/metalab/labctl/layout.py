@@ -224,6 +224,12 @@ def headroom(
     return out
 
 
+def _size(size: int) -> str:
+    """A volume-sized number for people: 85G, 250.9G, 1.5T (binary units, one decimal at most)."""
+    unit, factor = ("T", 1024**4) if size >= 1024**4 else ("G", 1024**3)
+    return f"{size / factor:.1f}".rstrip("0").rstrip(".") + unit
+
+
 def place(
     name: str,
     gpu: bool,
@@ -250,7 +256,7 @@ def place(
     best = sorted(room, key=lambda h: (-room[h], h))[0]
     kind = "a GPU user (hosts of gpu_hosts)" if gpu else "a CPU user (every lab host)"
     listed = ", ".join(
-        f"{h} {rules.human_size(max(room[h], 0)) if room[h] > 0 else 'none'} of {rules.human_size(int(sizes[h] or 0))}"
+        f"{h} {_size(room[h]) if room[h] > 0 else 'none'} of {_size(int(sizes[h] or 0))}"
         for h in sorted(room, key=lambda h: (-room[h], h))
     )
     why = f"{name} -> {best}: the most quota headroom among the hosts for {kind}: {listed} free after quotas"
