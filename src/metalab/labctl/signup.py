@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from metalab.labctl import config, output
+from metalab.labctl import config, layout, output
 from metalab.labctl.inventory import (
     UsersError,
     _move_trailing_comment,
@@ -78,8 +78,12 @@ def add_with_email(inventory: Path, name: str, quota: str | None, gpu: bool, ema
     same = [u for u in users if isinstance(u, Mapping) and u.get("name") == name]
     if same and same[0].get("email") == email and same[0].get("state", "present") == "present":
         return doc, False
+    # In a lab of several hosts she gets a home host as `users add` gives one (most quota headroom).
+    (placed,), notes = layout.home_hosts_for(inventory, [(name, quota, gpu, None)])
+    for note in notes:
+        click.echo(f"placed {note}", err=True)
     like = users[-1] if users else None
-    entry = _new_entry(name, quota, gpu, like)
+    entry = _new_entry(name, quota, gpu, like, placed[3])
     entry["email"] = email
     errors = validate(plain(users + [entry]) or [], **_validator_settings(doc))
     if errors:
