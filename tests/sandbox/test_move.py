@@ -143,6 +143,9 @@ def test_interrupted_move_rerun_finishes_byte_identical(lab: Lab) -> None:
     assert '"sessions"' not in sh(lab.src, "metalab-guard usage --json")
     assert sh(lab.src, f"test -e {HOME} && echo left; getent passwd lab-alice || true").strip() == ""
     assert sh(lab.dst, "getent passwd lab-alice").split(":")[5] == HOME
+    # Her uid there comes from mv2's uid registry (a rerun keeps it); bob, homed there, is untouched.
+    assert json.loads(sh(lab.dst, "cat /var/lib/metalab/lab_users.json"))["uids"]["lab-alice"] == uid
+    assert sh(lab.dst, "getent passwd lab-bob").startswith("lab-bob:")
     assert "OK" in sh(lab.src, "cd /var/lib/metalab/moved && sha256sum --check alice-*.sha256")
     assert sh(lab.src, "cd /var/lib/metalab/moved && ls alice.mov*").split() == ["alice.moved.json"]
     hosts = yaml.safe_load(lab.inventory.read_text())["all"]["vars"]["lab_users"]
