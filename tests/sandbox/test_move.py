@@ -5,8 +5,8 @@ mv1 holds 3000 files, a 64 MiB sparse file, a symlink, a hard link, an ACL and a
 runtimes. Then: a refusal changes nothing; an interrupted move (labctl stopped between copy and retire, by the test
 hook METALAB_MOVE_STOP_AFTER=copy) leaves her on mv1, and the rerun finishes; the home on mv2 is byte-identical
 (manifests compared, owners mapped to her uid there); her rows are in mv2's ledger and gone from mv1's; the archive
-stays on mv1 and checks; the inventory says mv2; a second run is a no-op. 4-5 minutes on the shared 2-core
-development machine (4m20s measured), most of it the sandboxes and the converge (80 s with those tags).
+stays on mv1 and checks; the inventory says mv2; a second run is a no-op. 3-4 minutes on the shared 2-core
+development machine (3m37s measured), most of it the sandboxes and the converge (80 s with those tags).
 """
 
 from __future__ import annotations
