@@ -1,11 +1,12 @@
 """`labctl users move` between two nspawn sandboxes (issue 17): mv1 and mv2 converged with base, storage, lab_users
-and session_limits only (metalab-guard, its ledger and metalab-homes); alice's uid differs between them. Her home on
+and session_limits only (metalab-guard, its ledger and metalab-homes), alice homed on mv1 (no account on mv2: the
+move makes it, with another uid than on mv1). Her home on
 mv1 holds 3000 files, a 64 MiB sparse file, a symlink, a hard link, an ACL and an xattr, her ledger two ended
 runtimes. Then: a refusal changes nothing; an interrupted move (labctl stopped between copy and retire, by the test
 hook METALAB_MOVE_STOP_AFTER=copy) leaves her on mv1, and the rerun finishes; the home on mv2 is byte-identical
 (manifests compared, owners mapped to her uid there); her rows are in mv2's ledger and gone from mv1's; the archive
-stays on mv1 and checks; the inventory says mv2; a second run is a no-op. 4-5 minutes on the shared 2-core
-development machine (4m20s measured), most of it the sandboxes and the converge (80 s with those tags).
+stays on mv1 and checks; the inventory says mv2; a second run is a no-op. 3-4 minutes on the shared 2-core
+development machine (3m37s measured), most of it the sandboxes and the converge (80 s with those tags).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ VARS: dict[str, Any] = {
     "lab_quota_required": False,
     "runtime_image_base_from_host": True,
     "lab_portal_enabled": False,
-    "lab_users": [{"name": "alice", "quota": "1G"}, {"name": "bob", "quota": "1G"}],
+    # The lab layout (issue 17): alice homed on mv1, bob on mv2; each has an account on her home host only.
+    "lab_users": [{"name": "alice", "quota": "1G", "host": SOURCE}, {"name": "bob", "quota": "1G", "host": TARGET}],
 }
 FILL = Path(__file__).with_name("move_fill.py")
 
@@ -76,9 +78,7 @@ def lab(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
         sh(records[TARGET], "useradd --uid 20000 --no-create-home filler")
         converge = playbook("site.yml", converge_inventory, tags=TAGS)
         assert converge.returncode == 0, failures(converge)
-        # The inventory an admin edits: comments, and the home hosts (contract 1) the converge cannot take yet.
-        users = sandboxes["all"]["vars"]["lab_users"]
-        users[0]["host"], users[1]["host"] = SOURCE, TARGET
+        # The inventory an admin edits (comments kept by the move).
         inventory = tmp / "hosts.yml"
         inventory.write_text("# the move test's lab\n" + yaml.safe_dump(sandboxes))
         script = base64.b64encode(FILL.read_bytes()).decode()
@@ -102,6 +102,8 @@ def test_move_to_an_unknown_host_changes_nothing(lab: Lab) -> None:
 def test_interrupted_move_rerun_finishes_byte_identical(lab: Lab) -> None:
     source_manifest = manifest(lab.src, HOME)
     assert source_manifest["totals"]["files"] > 3000
+    # The layout: no account or home of alice on mv2 before the move (the move makes them).
+    assert sh(lab.dst, f"getent passwd lab-alice; test -e {HOME} && echo home", check=False).strip() == ""
     rows_before = sh(lab.src, "metalab-guard usage --json")
     assert '"sessions": 2' in rows_before
     # The interruption: the copy phase ran (home imported on mv2), the old host was never retired.
@@ -123,6 +125,9 @@ def test_interrupted_move_rerun_finishes_byte_identical(lab: Lab) -> None:
     result = lab.labctl("users", "move", "alice", "--to", TARGET)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "resuming the move" in result.stdout
+    assert f"labctl provision -i {lab.inventory} --limit {SOURCE},{TARGET} --tags lab_users,runtimes,backup" in (
+        result.stdout
+    )
     target_manifest = manifest(lab.dst, HOME)
     uid = int(sh(lab.dst, "id -u lab-alice"))
     gid = int(sh(lab.dst, "id -g lab-alice"))
@@ -137,6 +142,10 @@ def test_interrupted_move_rerun_finishes_byte_identical(lab: Lab) -> None:
     assert '"sessions": 2' in sh(lab.dst, "metalab-guard usage --json")
     assert '"sessions"' not in sh(lab.src, "metalab-guard usage --json")
     assert sh(lab.src, f"test -e {HOME} && echo left; getent passwd lab-alice || true").strip() == ""
+    assert sh(lab.dst, "getent passwd lab-alice").split(":")[5] == HOME
+    # Her uid there comes from mv2's uid registry (a rerun keeps it); bob, homed there, is untouched.
+    assert json.loads(sh(lab.dst, "cat /var/lib/metalab/lab_users.json"))["uids"]["lab-alice"] == uid
+    assert sh(lab.dst, "getent passwd lab-bob").startswith("lab-bob:")
     assert "OK" in sh(lab.src, "cd /var/lib/metalab/moved && sha256sum --check alice-*.sha256")
     assert sh(lab.src, "cd /var/lib/metalab/moved && ls alice.mov*").split() == ["alice.moved.json"]
     hosts = yaml.safe_load(lab.inventory.read_text())["all"]["vars"]["lab_users"]

@@ -7,9 +7,6 @@ the controller relays it, the new host imports it and verifies every file's chec
 3 retire (the old host checks the archive's checksums, then removes her ledger rows, account and home; the archive
 and its manifest stay), 4 the inventory. A marker /var/lib/metalab/moved/NAME.moving.json on the old host names
 the move, so a rerun after an interruption finishes it with the same archive.
-
-Until the lab layout (contract 2/3 of issue 17) lands, the home host is read here (``_home_host``) and ``host``
-is checked here, not by metalab.rules.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from typing import Any
 import click
 
 from metalab import rules
-from metalab.labctl import config, runner
+from metalab.labctl import config, layout, runner
 from metalab.labctl.inventory import UsersError, _validator_settings, locate, plain, write_atomically
 
 REPORT_TASK = "Report {phase}"  # the task of playbooks/labctl/move.yml whose results labctl reads
@@ -93,26 +90,6 @@ def parse_probe(host: str, msg: Mapping[str, Any]) -> HostProbe:
     return HostProbe(host, account.split(":") if account else None, runtimes, facts)
 
 
-def lab_hosts(data: Mapping[str, Any]) -> list[str]:
-    """The inventory's lab hosts (contract 1: every host but those of lab_backup_target), from ansible-inventory."""
-    hosts = set(((data.get("_meta") or {}).get("hostvars") or {}).keys())
-    hosts |= set((data.get("ungrouped") or {}).get("hosts") or [])
-    for group, body in data.items():
-        if isinstance(body, Mapping) and group not in ("_meta", "lab_backup_target"):
-            hosts |= set(body.get("hosts") or [])
-    backup = set((data.get("lab_backup_target") or {}).get("hosts") or [])
-    return sorted(hosts - backup)
-
-
-def _home_host(entry: Mapping[str, Any], hosts: list[str]) -> str | None:
-    """Private stand-in for metalab.labctl.layout.home_host (helper "layout"): the entry's host, or the only host;
-    None when neither says."""
-    host = entry.get("host")
-    if host:
-        return str(host)
-    return hosts[0] if len(hosts) == 1 else None
-
-
 def _settings(doc: Any) -> dict[str, Any]:
     settings = _validator_settings(doc)
     holder = doc.holder
@@ -121,35 +98,22 @@ def _settings(doc: Any) -> dict[str, Any]:
     return settings
 
 
-def _without_host(users: list[Any]) -> list[Any]:
-    """What metalab.rules checks until it knows ``host`` (helper "layout"); unchanged once it does."""
-    if "host" in rules.USER_KEYS:
-        return users
-    return [{k: v for k, v in u.items() if k != "host"} if isinstance(u, dict) else u for u in users]
-
-
 def normalised(doc: Any, name: str) -> tuple[Any, dict[str, Any]]:
     users = doc.users or []
     entry = next((u for u in users if isinstance(u, Mapping) and u.get("name") == name), None)
     if entry is None or entry.get("state", "present") == "absent":
         raise MoveRefused(f"{doc.path}: no present lab user named {name!r} (nothing changed)")
-    result = rules.validate_users(_without_host(plain([entry])), **_settings(doc))
+    result = rules.validate_users(plain([entry]), **_settings(doc))
     if result["errors"]:
         raise MoveRefused(f"{doc.path}: " + "; ".join(map(str, result["errors"])) + " (nothing changed)")
     return entry, result["users"][0]
 
 
 def headroom(doc: Any, target: str, name: str, hosts: list[str], volume_size: int) -> int:
-    """The target's homes volume minus the quotas of the users homed there (her own left out)."""
-    result = rules.validate_users(_without_host(plain(list(doc.users or []))), **_settings(doc))
-    raw = {u.get("name"): u for u in plain(list(doc.users or [])) if isinstance(u, dict)}
-    given = 0
-    for user in result["users"]:
-        if user["name"] == name or user["state"] == "absent":
-            continue
-        if _home_host(raw.get(user["name"], {}), hosts) == target:
-            given += int(user["quota_bytes"] or 0)
-    return volume_size - given
+    """The target's homes volume minus the quotas of the users homed there (her own left out): layout.headroom."""
+    result = rules.validate_users(plain(list(doc.users or [])), **_settings(doc))
+    others = [u for u in rules.with_home_hosts(result["users"], hosts) if u["name"] != name]
+    return layout.headroom(others, [target], {target: volume_size})[target]
 
 
 def check(
@@ -170,10 +134,13 @@ def check(
         problems.append(f"{source.host}: a move of {name} to {marker.get('target')} is under way; finish it first")
     if source.account is None and not marker and (source.moved or {}).get("target") != to:
         problems.append(f"{source.host}: {name} has no account ({user['login']}) there to move")
-    if target.account is None:
+    # No account of hers on the target is the rule (the copy phase makes it); a home there holding anything but
+    # copies of /etc/skel is someone's data: refused here (prepare-target refuses it again before the import).
+    resuming = marker or (source.account is None and (source.moved or {}).get("target") == to)
+    if target.facts.get("home_foreign") == "yes" and not resuming:
         problems.append(
-            f"{target.host}: {name} has no account ({user['login']}) there yet: apply the accounts first"
-            " (`labctl provision --tags lab_users --limit HOST`)"
+            f"{target.host}: {user['home']} already holds files that are not copies of /etc/skel; move them away"
+            " or merge by hand"
         )
     if source.runs(name) and not stop:
         problems.append(f"{source.host}: {name}'s runtime is running; stop it, or add --stop to stop it gracefully")
@@ -226,7 +193,7 @@ def set_host(doc: Any, name: str, host: str) -> None:
     users = doc.users
     entry: Any = next(u for u in users if isinstance(u, Mapping) and u.get("name") == name)
     entry["host"] = host
-    errors = rules.validate_users(_without_host(plain(list(users))), **_validator_settings(doc))["errors"]
+    errors = rules.validate_users(plain(list(users)), **_validator_settings(doc))["errors"]
     if errors:
         raise UsersError(f"{doc.path}: " + "; ".join(map(str, errors)) + " (nothing written)")
     write_atomically(doc.path, doc.dump())
@@ -236,13 +203,12 @@ def step(text: str) -> None:
     click.echo(text)
 
 
-def lab_host_list(inventory: Path) -> list[str]:
-    from metalab.labctl.doctor import read_inventory
-
-    data, error = read_inventory(str(inventory))
-    if data is None:
-        raise MoveRefused(f"cannot read the inventory: {error}")
-    return lab_hosts(data)
+def inventory_data(inventory: Path) -> dict[str, Any]:
+    """The inventory as ansible-inventory --list prints it (layout.read); MoveRefused when it cannot be read."""
+    try:
+        return layout.read(str(inventory))
+    except layout.LayoutError as exc:
+        raise MoveRefused(f"{exc.message}; nothing changed") from None
 
 
 @click.command("move")
@@ -254,13 +220,15 @@ def cli(name: str, to: str, stop: bool, inventory: str | None) -> None:
     """Move lab user NAME's home (and her runtime history) to lab host HOST; the old home stays as an archive."""
     inv = config.require_inventory(inventory)
     doc = locate(inv)
-    entry, user = normalised(doc, name)
-    hosts = lab_host_list(inv)
+    _, user = normalised(doc, name)
+    data = inventory_data(inv)
+    hosts = layout.lab_hosts(data)
     if to not in hosts:
         raise MoveRefused(f"{to!r} is not a lab host of the inventory (lab hosts: {', '.join(hosts)}); nothing changed")
-    source = _home_host(entry, hosts)
-    if source is None:
-        raise MoveRefused(f"{name} has no home host (lab_users[].host) in a lab of {len(hosts)} hosts; nothing changed")
+    try:
+        source = layout.home_host(data, name)
+    except layout.LayoutError as exc:
+        raise MoveRefused(f"{exc.message}; nothing changed") from None
     if source == to:
         step(f"{name} is already homed on {to}: nothing to do")
         return
@@ -272,6 +240,8 @@ def cli(name: str, to: str, stop: bool, inventory: str | None) -> None:
         "target": to,
         "stop": stop,
         "quota_bytes": user["quota_bytes"],
+        # her lab_users_lab entry as it will be: the copy phase makes her account, empty home and quota on the target
+        "account": {**user, "host": to},
     }
     step(f"1/4 probe: {source} (her home) and {to}")
     probes = probe(inv, move)
@@ -320,3 +290,15 @@ def cli(name: str, to: str, stop: bool, inventory: str | None) -> None:
         step(f"2/4 copy and 3/4 retire: done by an earlier run (no account of {name} left on {source})")
     set_host(doc, name, to)
     step(f"4/4 inventory: {name}'s host is {to} in {doc.path}")
+    step(next_command(data, source, to, inventory))
+
+
+def next_command(data: Mapping[str, Any], source: str, to: str, inventory: str | None) -> str:
+    """The converge that makes both hosts and the front door follow the new layout: the guard's users and the backup
+    on both hosts, the front door's routes (docs/operations.md, "Moving a user")."""
+    hosts = [source, to] + sorted(layout.members(data, "lab_frontdoor") - {source, to})
+    where = f" -i {inventory}" if inventory else ""
+    return (
+        "next: the guard and the backup of both hosts and the front door follow the old layout until this converge:\n"
+        f"    labctl provision{where} --limit {','.join(hosts)} --tags lab_users,runtimes,backup"
+    )

@@ -55,9 +55,11 @@ class FakeLab:
     def __init__(self, answers: dict[str, dict]) -> None:
         self.answers = answers
         self.phases: list[str] = []
+        self.moves: list[dict] = []
 
     def __call__(self, phase: str, inventory: Path, data: dict) -> tuple[dict, list[str]]:
         self.phases.append(phase)
+        self.moves.append(data)
         if phase == "probe":
             return self.answers, []
         if phase == "copy":
@@ -72,8 +74,8 @@ def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, FakeLab]
     monkeypatch.delenv("METALAB_INVENTORY", raising=False)
     monkeypatch.setenv("METALAB_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.setenv("METALAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(move, "lab_host_list", lambda inv: ["lab1", "lab2"])
-    fake = FakeLab({"lab1": answer("lab1"), "lab2": answer("lab2", home="no")})
+    # The layout (issue 17): alice has no account on lab2 before the move; the copy phase makes it.
+    fake = FakeLab({"lab1": answer("lab1"), "lab2": answer("lab2", account=False, home="no")})
     monkeypatch.setattr(move, "_playbook", fake)
     return hosts, fake
 
@@ -92,7 +94,11 @@ def run(hosts: Path, *args: str) -> tuple[int, str]:
         (["alice", "--to", "lab2"], {"lab1": answer("lab1", runs=True)}, "runtime is running; stop it, or add --stop"),
         (["alice", "--to", "lab2"], {"lab2": answer("lab2", volume_size=65 * GIB)}, "does not fit the homes volume"),
         (["alice", "--to", "lab2"], {"lab2": answer("lab2", volume_avail=GIB)}, "the homes volume has 1"),
-        (["alice", "--to", "lab2"], {"lab2": answer("lab2", account=False)}, "no account (lab-alice) there yet"),
+        (
+            ["alice", "--to", "lab2"],
+            {"lab2": answer("lab2", account=False, home_foreign="yes")},
+            "already holds files that are not copies of /etc/skel",
+        ),
         (["alice", "--to", "lab2"], {"lab2": answer("lab2", tool=False)}, "metalab-homes is not installed"),
         (["alice", "--to", "lab2"], {"lab2": answer("lab2", runs=True)}, "has a runtime running there"),
         (
@@ -131,6 +137,15 @@ def test_move_runs_every_step_and_writes_the_host_keeping_comments(lab: tuple[Pa
     assert fake.phases == ["probe", "copy", "retire"]
     for text in ("1/4 probe", "2/4 copy", "3 entries verified", "3/4 retire", "archive kept on lab1", "4/4 inventory"):
         assert text in out
+    # The copy phase makes her account on lab2 from her entry as it will be (host lab2, her quota and home).
+    account = fake.moves[1]["account"]
+    assert (account["name"], account["login"], account["host"]) == ("alice", "lab-alice", "lab2")
+    assert (account["home"], account["quota_bytes"], account["state"]) == (
+        "/srv/metalab/homes/alice",
+        10 * GIB,
+        "present",
+    )
+    assert f"labctl provision -i {hosts} --limit lab1,lab2 --tags lab_users,runtimes,backup" in out
     assert hosts.read_text() == HOSTS.replace(
         "quota: 10G\n        host: lab1\n      - name: bob", "quota: 10G\n        host: lab2\n      - name: bob", 1
     )
@@ -174,7 +189,7 @@ def test_no_home_host_in_a_lab_of_two_is_refused(lab: tuple[Path, FakeLab]) -> N
     before = hosts.read_bytes()
     code, out = run(hosts, "alice", "--to", "lab2")
     assert code == 3, out
-    assert "alice has no home host (lab_users[].host) in a lab of 2 hosts" in out
+    assert "alice has no home host: her lab_users entry needs host: (one of lab1, lab2)" in out
     assert hosts.read_bytes() == before and fake.phases == []
 
 
@@ -191,11 +206,41 @@ def test_quota_headroom_counts_the_quotas_of_the_targets_users() -> None:
     assert move.headroom(Doc(), "lab1", "bob", ["lab1", "lab2"], 100 * GIB) == 90 * GIB
 
 
-def test_lab_hosts_leave_out_the_backup_target() -> None:
-    data = {
-        "_meta": {"hostvars": {"lab1": {}, "lab2": {}, "vault": {}}},
-        "all": {"children": ["ungrouped", "lab_backup_target"]},
-        "lab_backup_target": {"hosts": ["vault"]},
-        "ungrouped": {"hosts": ["lab1", "lab2"]},
-    }
-    assert move.lab_hosts(data) == ["lab1", "lab2"]
+def test_the_backup_target_is_no_lab_host_and_the_front_door_converges_too(lab: tuple[Path, FakeLab]) -> None:
+    """The lab hosts are layout's (all but lab_backup_target); the next command names the front door as well."""
+    hosts, fake = lab
+    text = HOSTS.replace(
+        "    lab2:\n",
+        "    lab2:\n  children:\n    lab_backup_target:\n      hosts:\n        vault:\n"
+        "    lab_frontdoor:\n      hosts:\n        door:\n",
+        1,
+    )
+    hosts.write_text(text)
+    code, out = run(hosts, "alice", "--to", "vault")
+    assert code == 3, out
+    assert "'vault' is not a lab host of the inventory (lab hosts: door, lab1, lab2)" in out
+    assert hosts.read_text() == text and fake.phases == []
+    code, out = run(hosts, "alice", "--to", "lab2")
+    assert code == 0, out
+    assert "--limit lab1,lab2,door --tags lab_users,runtimes,backup" in out
+
+
+def test_a_fresh_skel_home_on_the_target_is_no_obstacle(lab: tuple[Path, FakeLab]) -> None:
+    """Copies of /etc/skel only (an account made by hand, home_foreign=no): the move goes on (prepare-target empties
+    it); the same home with her files is refused above unless the move is being resumed (its marker on lab1)."""
+    hosts, fake = lab
+    fake.answers["lab2"] = answer("lab2", account=True, home_foreign="no")
+    code, out = run(hosts, "alice", "--to", "lab2")
+    assert code == 0, out
+    assert fake.phases == ["probe", "copy", "retire"]
+
+
+def test_resuming_with_her_files_already_on_the_target_goes_on(lab: tuple[Path, FakeLab]) -> None:
+    hosts, fake = lab
+    marker = json.dumps({"stamp": "20260101T000000Z", "target": "lab2", "user": "alice"})
+    fake.answers["lab1"] = answer("lab1", marker=marker)
+    fake.answers["lab2"] = answer("lab2", account=True, home_foreign="yes")
+    code, out = run(hosts, "alice", "--to", "lab2")
+    assert code == 0, out
+    assert "resuming the move 20260101T000000Z" in out
+    assert fake.phases == ["probe", "copy", "retire"]
