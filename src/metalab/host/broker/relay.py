@@ -5,7 +5,8 @@ broker sends her runtime operations (``status``, ``start``, ``stop``, ``token``)
 ``https://<address>:<port>/_metalab/broker``, over mutual TLS: the front door presents its lab host certificate and
 key, and accepts only a server certificate from the lab CA for that address. The home host answers with the
 envelope of its own broker (metalab.host.broker.home). A home host that does not answer within ``timeout`` seconds
-gives an ``unreachable`` error naming the host; other users are not affected.
+gives an ``unreachable`` error naming the host; other users are not affected. A start or stop, once connected, may
+take up to SLOW_TIMEOUT for its answer (the home host's ``podman run``).
 
 Config (broker.json, rendered only on the front door of a multi-host lab)::
 
@@ -31,6 +32,8 @@ from metalab.rules import USER_NAME
 
 PATH = "/_metalab/broker"
 MAX_ANSWER = 1 << 20  # bytes read of a home host's answer
+SLOW_OPS = ("start", "stop")  # wait for the answer (not for the connection) up to SLOW_TIMEOUT seconds
+SLOW_TIMEOUT = 55.0  # below the portal's own 60 s wait for the broker
 
 log = logging.getLogger("metalab.broker")
 
@@ -130,6 +133,9 @@ class HomeRelay:
         conn = http.client.HTTPSConnection(home.address, self.channel.port, timeout=self.channel.timeout,
                                            context=context)  # fmt: skip
         try:
+            conn.connect()  # within the channel's timeout
+            if op in SLOW_OPS and conn.sock is not None:
+                conn.sock.settimeout(SLOW_TIMEOUT)  # the home host is up; its podman run may take a while
             conn.request("POST", PATH, body=body, headers={"Content-Type": "application/json"})
             response = conn.getresponse()
             raw = response.read(MAX_ANSWER)
