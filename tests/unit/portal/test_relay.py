@@ -9,6 +9,7 @@ HomeAdapter over the broker logic of a second guard config (host "home1", where 
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import shutil
@@ -203,7 +204,10 @@ def test_adapter_http_transport_serves_only_post_of_its_path(home: Any) -> None:
         assert ok[0] == 200 and ok[1]["result"]["host"] == "home1"
         assert _unix_http(path, "POST", "/", b"{}")[0] == 404
         assert _unix_http(path, "GET", "/_metalab/broker")[0] == 405
-        assert _unix_http(path, "POST", "/_metalab/broker", b"x" * 5000)[0] == 413
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:  # a big body is refused before it is read
+            raw.connect(path)
+            raw.sendall(b"POST /_metalab/broker HTTP/1.0\r\nContent-Length: 5000\r\n\r\n")
+            assert raw.makefile("rb").readline().split()[1] == b"413"
         bad = _unix_http(path, "POST", "/_metalab/broker", b"{not json")
         assert bad[0] == 400 and "unreadable request" in bad[1]["error"]["message"]
     finally:
@@ -301,3 +305,18 @@ def test_config_names_bad_channel_entries(env: LabEnv, pki: Any) -> None:
     for data, named in bad:
         with pytest.raises(BrokerConfigError, match=named.replace("[", r"\[").replace("(", r"\(")):
             parse_config(data)
+
+
+def test_the_front_doors_password_database_holds_users_homed_elsewhere(env: LabEnv, pki: Any, monkeypatch) -> None:
+    from metalab.host.broker import cli
+
+    env.broker_data["homes"] = {"dave": {"host": "home1", "address": "127.0.0.1"}}
+    env.broker_data["channel"] = _channel(pki)
+    path = env.tmp / "broker.json"
+    path.write_text(json.dumps(env.broker_data))
+    monkeypatch.setattr("sys.stdin", io.StringIO("dave-secret-4444\n"))
+    assert cli.main(["--config", str(path), "passwd", "dave", "--stdin"]) == 0  # dave is no user of this host
+    monkeypatch.setattr("sys.stdin", io.StringIO("erin-secret-4444\n"))
+    assert cli.main(["--config", str(path), "passwd", "erin", "--stdin"]) != 0  # erin is no lab user at all
+    env.start_broker()
+    assert env.client().call("login", user="dave", password="dave-secret-4444")["user"] == "dave"

@@ -213,7 +213,7 @@ class Broker:
             raise ApiError("bad-request", "single sign-on is not configured on this lab")
         claims = self.oidc.verify(_str_field(request, "id_token", 16384), _str_field(request, "nonce", 256))
         users = load_config(self.config.guard_config).users
-        user = self.oidc.lab_user(claims, lambda name: name in users)
+        user = self.oidc.lab_user(claims, lambda name: name in users or name in self.config.homes)
         log.info("single sign-on of %s (subject %s)", user, str(claims.get("sub"))[:128])
         return self._login_result(user, _generation(self.auth, user))
 
