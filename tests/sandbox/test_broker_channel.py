@@ -14,7 +14,7 @@ import json
 import time
 
 import pytest
-from conftest import failures, labctl, playbook, ssh, up
+from conftest import failures, labctl, playbook, recap, ssh, up
 
 FRONT, HOME = "rl1", "rl2"
 TAGS = "base,lab_users,frontdoor,session_limits,portal"
@@ -31,7 +31,7 @@ try:
     print(json.dumps({"ok": True, "result": client.call(sys.argv[3], ticket=ticket)}))
 except BrokerError as exc:
     print(json.dumps({"ok": False, "code": exc.code, "message": str(exc)}))
-' {user} {password} {op}"""
+'"""
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,15 @@ def lab(state_dir, tmp_path_factory):
         labctl("down", FRONT, HOME, check=False)
 
 
+def test_a_rerun_changes_nothing(lab):
+    rerun = playbook("site.yml", *lab["inventories"], tags=TAGS)
+    assert rerun.returncode == 0, failures(rerun)
+    totals = recap(rerun.stdout)
+    assert totals[FRONT]["changed"] == 0 and totals[HOME]["changed"] == 0, totals
+
+
 def _ask(lab, user: str, op: str = "status") -> dict:
-    run = ssh(lab["records"][FRONT], ASK.format(user=user, password=PASSWORDS[user], op=op))
+    run = ssh(lab["records"][FRONT], f"{ASK} {user} {PASSWORDS[user]} {op}")
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)
 
