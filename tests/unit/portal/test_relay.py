@@ -228,11 +228,14 @@ def test_front_door_broker_asks_bobs_home_host_and_serves_alice_itself(env: LabE
     assert home.seen == [{"op": "status", "user": "bob"}]  # no ticket or password leaves the front door
     started = broker.call("start", ticket=bob, kind="cpu")
     assert started["state"] == "running"
-    assert broker.call("token", ticket=bob)["token"]
+    token = broker.call("token", ticket=bob)["token"]
+    assert token and broker.call("token", ticket=bob)["token"] == token
+    assert [r["op"] for r in home.seen].count("token") == 1  # nginx asks per request: reused for a few seconds
     assert broker.call("stop", ticket=bob)["reason"] == "user"
+    assert broker.call("token", ticket=bob)["token"] is None  # a stop drops the reused token at once
     assert env.lab().status() == []  # nothing of bob ran on the front door
     alice = broker.call("status", ticket=env.ticket("alice"))
-    assert alice["host"] == "lab1" and len(home.seen) == 4  # alice is served by the front door itself
+    assert alice["host"] == "lab1" and len(home.seen) == 5  # alice is served by the front door itself
 
 
 def test_a_down_home_host_gives_a_clear_message_for_its_users_only(env: LabEnv, pki: Any) -> None:

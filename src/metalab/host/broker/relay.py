@@ -24,6 +24,8 @@ import json
 import logging
 import os
 import ssl
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -33,6 +35,7 @@ from metalab.rules import USER_NAME
 PATH = "/_metalab/broker"
 MAX_ANSWER = 1 << 20  # bytes read of a home host's answer
 SLOW_OPS = ("start", "stop")  # wait for the answer (not for the connection) up to SLOW_TIMEOUT seconds
+TOKEN_TTL = 10.0  # seconds a home host's answer to "token" is reused (nginx asks on every proxied request)
 SLOW_TIMEOUT = 55.0  # below the portal's own 60 s wait for the broker
 
 log = logging.getLogger("metalab.broker")
@@ -106,6 +109,11 @@ class HomeRelay:
             raise ValueError("homes without channel")
         self.channel = channel
         self.homes = dict(homes)
+        # user -> (until, answer): her token, asked by the front door's auth_request on every request of her
+        # JupyterLab, costs one round trip per TOKEN_TTL instead of one per request; a start or stop through the
+        # front door drops it at once.
+        self._tokens: Dict[str, Tuple[float, Dict[str, Any]]] = {}
+        self._tokens_lock = threading.Lock()
 
     def _context(self) -> ssl.SSLContext:
         # Made per call: a renewed certificate (roles/frontdoor, channel.yml) is used without a broker restart.
@@ -124,6 +132,21 @@ class HomeRelay:
         )
 
     def call(self, user: str, op: str, **fields: Any) -> Dict[str, Any]:
+        now = time.monotonic()
+        with self._tokens_lock:
+            if op == "token":
+                until, cached = self._tokens.get(user, (0.0, {}))
+                if now < until:
+                    return dict(cached)
+            else:
+                self._tokens.pop(user, None)
+        answer = self._call(user, op, **fields)
+        if op == "token" and answer.get("token"):
+            with self._tokens_lock:
+                self._tokens[user] = (now + TOKEN_TTL, dict(answer))
+        return answer
+
+    def _call(self, user: str, op: str, **fields: Any) -> Dict[str, Any]:
         home = self.homes[user]
         body = json.dumps({"op": op, "user": user, **fields}).encode("utf-8")
         try:
