@@ -201,6 +201,20 @@ def target(user: str, inventory: str, host: str | None) -> str:
     return host or home_host(read(inventory), user)
 
 
+def login_target(user: str, inventory: str, host: str | None) -> str:
+    """The host that keeps USER's portal password (passwd, enroll): --host when given, else the lab's first front
+    door (group lab_frontdoor), where every lab user logs in; her home host when the lab has no such group."""
+    if host:
+        return host
+    data = read(inventory)
+    hosts = lab_hosts(data)
+    doors = sorted(h for h in members(data, "lab_frontdoor") if h in hosts)
+    if len(hosts) > 1 and doors:
+        home_host(data, user)  # she must still be a lab user with a home host
+        return doors[0]
+    return home_host(data, user)
+
+
 # --- placement: the home host of a new user (labctl users add without --host) ------------------------------------
 
 

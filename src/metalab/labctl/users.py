@@ -317,12 +317,16 @@ def _broker_exit(results: dict[str, BrokerResult]) -> None:
 HOST_OPTION = click.option("--host", metavar="HOST", help="Lab host (pattern); default: every host of the inventory.")
 # Commands about one user act on her home host (metalab.labctl.layout), once.
 USER_HOST_OPTION = click.option("--host", metavar="HOST", help="Lab host; default: NAME's home host.")
+# Portal passwords live where users log in: the front door of a multi-host lab (metalab.labctl.layout.login_target).
+LOGIN_HOST_OPTION = click.option(
+    "--host", metavar="HOST", help="Lab host; default: the lab's front door (else NAME's home host)."
+)
 
 
 @cli.command("passwd")
 @click.argument("name")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from the first line of stdin.")
-@USER_HOST_OPTION
+@LOGIN_HOST_OPTION
 @INVENTORY_OPTION
 def passwd_cmd(name: str, from_stdin: bool, host: str | None, inventory: str | None) -> None:
     """Set lab user NAME's portal password (metalab-broker passwd on the lab hosts; ends NAME's portal sessions)."""
@@ -335,7 +339,7 @@ def passwd_cmd(name: str, from_stdin: bool, host: str | None, inventory: str | N
     if not password:
         raise click.UsageError("empty password; nothing changed")
     inv = str(config.require_inventory(inventory))
-    where = layout.target(name, inv, host)
+    where = layout.login_target(name, inv, host)
     results = run_broker(["passwd", name, "--stdin"], inventory=inv, hosts=where, stdin=password + "\n")
     _broker_exit(results)
     click.echo(f"portal password of {name} set on {', '.join(sorted(results))}")
@@ -346,7 +350,7 @@ def passwd_cmd(name: str, from_stdin: bool, host: str | None, inventory: str | N
 @click.option("--ttl", metavar="DURATION", help="How long the link is valid (default: the broker's, 72h).")
 @click.option("--base-url", metavar="URL", help="The portal's URL (default: https://<the host's address>).")
 @click.option("--json", "as_json", is_flag=True, help="Print {user, url, expires} as JSON.")
-@USER_HOST_OPTION
+@LOGIN_HOST_OPTION
 @INVENTORY_OPTION
 def enroll_cmd(
     name: str, ttl: str | None, base_url: str | None, as_json: bool, host: str | None, inventory: str | None
@@ -354,7 +358,7 @@ def enroll_cmd(
     """Print a one-time link with which lab user NAME sets a portal password (single use; a new one replaces it)."""
     inv = str(config.require_inventory(inventory))
     args = ["enroll", name, "--json"] + (["--ttl", ttl] if ttl else [])
-    where = layout.target(name, inv, host)
+    where = layout.login_target(name, inv, host)
     results = run_broker(args, inventory=inv, hosts=where, single_host=True, base_url=base_url, wants_base_url=True)
     _broker_exit(results)
     result = next(iter(results.values()))

@@ -239,3 +239,23 @@ def test_users_add_fixture_copy_is_untouched_by_a_bad_roster(tmp_path: Path) -> 
     code, out = labctl("users", "add", "--csv", str(roster), "-i", str(tmp_path / "inventory" / "hosts.yml"))
     assert code == 1 and "zed: a GPU user, but 'lab1.example.org' is not in the group gpu_hosts" in out
     assert (tmp_path / "inventory" / "hosts.yml").read_text() == before
+
+
+def test_passwd_and_enroll_act_on_the_front_door_where_users_log_in(two_hosts: Path, monkeypatch) -> None:
+    front_door = "  children:\n    lab_frontdoor:\n      hosts:\n        ly1:\n"
+    two_hosts.write_text(TWO_HOSTS.replace("  children:\n", front_door))
+    calls: list[str] = []
+
+    def fake(args: list[str], *, inventory: str, hosts: str, **kwargs: Any) -> dict[str, users.BrokerResult]:
+        calls.append(hosts)
+        out = json.dumps({"user": "bob", "url": "https://x/enroll/abc", "expires": "later"})
+        return {hosts: users.BrokerResult(hosts, 0, out)}
+
+    monkeypatch.setattr(users, "run_broker", fake)
+    result = CliRunner().invoke(cli, ["users", "passwd", "bob", "--stdin", "-i", str(two_hosts)], input="pw\n")
+    assert result.exit_code == 0, result.output
+    assert labctl("users", "enroll", "bob", "-i", str(two_hosts))[0] == 0
+    assert calls == ["ly1", "ly1"]  # bob is homed on ly2, but logs in at the front door ly1
+    assert labctl("users", "enroll", "bob", "--host", "ly2", "-i", str(two_hosts))[0] == 0 and calls[-1] == "ly2"
+    code, output = labctl("users", "enroll", "nobody", "-i", str(two_hosts))
+    assert code != 0 and "nobody is not in lab_users" in output and len(calls) == 3

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     sub.add_parser("serve", help="run the broker on its unix socket (systemd unit metalab-broker.service)")
+    sub.add_parser("serve-home", help="serve the front door on home_adapter.socket (metalab-broker-home.service)")
     p = sub.add_parser("passwd", help="set USER's portal password")
     p.add_argument("user")
     p.add_argument("--stdin", action="store_true", help="read the password from the first line of stdin")
@@ -69,7 +70,8 @@ def _known_user(config: BrokerConfig, user: str) -> None:
     if not USER_NAME.fullmatch(user):
         raise Refused(f"invalid user name {user!r}")
     guard = load_guard_config(config.guard_config)
-    if user not in guard.users and user not in config.admins:
+    # config.homes: on a multi-host lab's front door, the users homed on other hosts (one password database).
+    if user not in guard.users and user not in config.admins and user not in config.homes:
         raise Refused(f"unknown user {user!r}: not a lab user on {guard.host} (nor in the broker's admins)")
 
 
@@ -95,9 +97,29 @@ def serve(config: BrokerConfig) -> int:
     return EXIT_OK
 
 
+def serve_home(config: BrokerConfig) -> int:
+    """The home host's adapter for the front door (metalab.host.broker.home), in the foreground."""
+    from metalab.host.broker.home import HomeAdapter, HomeServer
+    from metalab.host.broker.service import Broker
+
+    if config.home_adapter is None:
+        print(f"metalab-broker: {config.path} has no home_adapter (a multi-host lab's hosts only)", file=sys.stderr)
+        return EXIT_FAILURE
+    server = HomeServer(config.home_adapter, HomeAdapter(Broker(config)))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    logging.getLogger("metalab.broker").info("serving the front door on %s", config.home_adapter.socket)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return EXIT_OK
+
+
 def dispatch(args: argparse.Namespace, config: BrokerConfig) -> int:
     if args.command == "serve":
         return serve(config)
+    if args.command == "serve-home":
+        return serve_home(config)
     if args.command in signup.COMMANDS:
         return signup.dispatch(args, config, _known_user)
     store = AuthStore(config)

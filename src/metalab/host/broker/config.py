@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import pwd
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
+from metalab.host.broker.home import AdapterConfig, parse_adapter
 from metalab.host.broker.oidc import OidcConfig, parse_oidc
+from metalab.host.broker.relay import ChannelConfig, Home, parse_channel
 from metalab.host.guard.files import read_json_config
 from metalab.host.guard.policy import parse_duration
 from metalab.rules import USER_NAME
@@ -52,6 +54,11 @@ class BrokerConfig:
     scrypt: ScryptParams = field(default_factory=ScryptParams)
     max_hashing: int = 2  # concurrent password hashes (each takes 128*n*r bytes of memory)
     oidc: Optional[OidcConfig] = None  # single sign-on (metalab.host.broker.oidc); None: passwords only
+    # Multi-host lab (metalab.host.broker.relay, .home): users homed elsewhere and the channel to their hosts (front
+    # door), and the adapter serving the front door on this host (other lab hosts). Empty/None in a single-host lab.
+    homes: Dict[str, Home] = field(default_factory=dict)
+    channel: Optional[ChannelConfig] = None
+    home_adapter: Optional[AdapterConfig] = None
 
 
 def _expect(cond: bool, message: str) -> None:
@@ -115,6 +122,8 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> BrokerConfi
     _expect(isinstance(min_len, int) and min_len >= 8, "min_password_length: expected an integer >= 8")
     try:
         oidc = parse_oidc(data.get("oidc"))
+        homes, channel = parse_channel(data)
+        home_adapter = parse_adapter(data.get("home_adapter"))
     except ValueError as exc:
         raise BrokerConfigError(str(exc)) from None
     group = data.get("socket_group", base.socket_group)
@@ -141,6 +150,9 @@ def parse_config(data: Mapping[str, Any], path: str = "<config>") -> BrokerConfi
         scrypt=params,
         max_hashing=int(data.get("max_hashing", base.max_hashing)),
         oidc=oidc,
+        homes=homes,
+        channel=channel,
+        home_adapter=home_adapter,
     )
 
 

@@ -34,6 +34,7 @@ from metalab.host.broker.backups import BackupOps
 from metalab.host.broker.config import BrokerConfig
 from metalab.host.broker.errors import ApiError
 from metalab.host.broker.oidc import OidcVerifier
+from metalab.host.broker.relay import HomeRelay
 from metalab.host.broker.signup import signup_ops
 from metalab.host.broker.tickets import Ticket, TicketError, TicketSigner, load_or_create_key
 from metalab.host.guard.config import ConfigError, load_config
@@ -99,15 +100,21 @@ class Broker:
             "admin.extend": self.op_admin_extend,
         }
         self.ops.update(signup_ops(self))  # signup.request, password.change (metalab.host.broker.signup)
+        # Users homed on another host of a multi-host lab: their runtime ops go there (metalab.host.broker.relay).
+        self.relay = HomeRelay(config.channel, config.homes) if config.homes else None
 
     # -- entry point ------------------------------------------------------------------------------------------
 
     def handle(self, request: Any) -> Dict[str, Any]:
         op = request.get("op") if isinstance(request, dict) else None
+        if not isinstance(op, str) or op not in self.ops:
+            return self._error(op, "bad-request", f"unknown operation {op!r}")
+        return self.answer(op, lambda: self.ops[op](request))
+
+    def answer(self, op: Any, call: Callable[[], Any]) -> Dict[str, Any]:
+        """The response envelope of ``call()``: its result, or its error as code and message."""
         try:
-            if not isinstance(op, str) or op not in self.ops:
-                raise ApiError("bad-request", f"unknown operation {op!r}")
-            return {"ok": True, "result": self.ops[op](request)}
+            return {"ok": True, "result": call()}
         except ApiError as exc:
             return self._error(op, exc.code, str(exc))
         except AuthError as exc:
@@ -206,7 +213,7 @@ class Broker:
             raise ApiError("bad-request", "single sign-on is not configured on this lab")
         claims = self.oidc.verify(_str_field(request, "id_token", 16384), _str_field(request, "nonce", 256))
         users = load_config(self.config.guard_config).users
-        user = self.oidc.lab_user(claims, lambda name: name in users)
+        user = self.oidc.lab_user(claims, lambda name: name in users or name in self.config.homes)
         log.info("single sign-on of %s (subject %s)", user, str(claims.get("sub"))[:128])
         return self._login_result(user, _generation(self.auth, user))
 
@@ -229,9 +236,21 @@ class Broker:
 
     # -- the caller's own runtime -----------------------------------------------------------------------------
 
+    def _remote(self, user: str, op: str, **fields: Any) -> Optional[Dict[str, Any]]:
+        """The answer of USER's home host when she is homed on another host; None when she is homed here."""
+        if self.relay is None or user not in self.config.homes:
+            return None
+        return self.relay.call(user, op, **fields)
+
     def op_status(self, request: Dict[str, Any]) -> Dict[str, Any]:
-        ticket = self._ticket(request)
-        name = ticket.user
+        name = self._ticket(request).user
+        remote = self._remote(name, "status")
+        if remote is not None:
+            return dict(remote, admin=name in self.config.admins)
+        return self.status_of(name)
+
+    def status_of(self, name: str) -> Dict[str, Any]:
+        """Runtime, limits and budgets of NAME, a user homed on this host."""
         lab = self._lab(f"portal:{name}")
         try:
             now = time.time()
@@ -281,21 +300,33 @@ class Broker:
         kind = request.get("kind", "cpu")
         if kind not in KINDS:
             raise ApiError("bad-request", f"kind: expected cpu or gpu, got {kind!r}")
-        with self._runtime_change(ticket.user, f"portal:{ticket.user}") as lab:
-            return lab.start(ticket.user, kind)
+        remote = self._remote(ticket.user, "start", kind=kind)
+        return remote if remote is not None else self.start_of(ticket.user, kind)
+
+    def start_of(self, name: str, kind: str, actor: str = "portal") -> Dict[str, Any]:
+        with self._runtime_change(name, f"{actor}:{name}") as lab:
+            return lab.start(name, kind)
 
     def op_stop(self, request: Dict[str, Any]) -> Dict[str, Any]:
         ticket = self._ticket(request)
-        with self._runtime_change(ticket.user, f"portal:{ticket.user}") as lab:
-            return lab.stop(ticket.user, "user")
+        remote = self._remote(ticket.user, "stop")
+        return remote if remote is not None else self.stop_of(ticket.user)
+
+    def stop_of(self, name: str, actor: str = "portal") -> Dict[str, Any]:
+        with self._runtime_change(name, f"{actor}:{name}") as lab:
+            return lab.stop(name, "user")
 
     def op_token(self, request: Dict[str, Any]) -> Dict[str, Any]:
         """The caller's JupyterLab token (for the front door's auth_request); null while no runtime runs."""
         ticket = self._ticket(request)
+        remote = self._remote(ticket.user, "token")
+        return remote if remote is not None else self.token_of(ticket.user)
+
+    def token_of(self, name: str) -> Dict[str, Any]:
         guard = load_config(self.config.guard_config)
-        if ticket.user not in guard.users:
-            return {"user": ticket.user, "token": None}
-        return {"user": ticket.user, "token": read_token(guard.runtime.token_dir, ticket.user)}
+        if name not in guard.users:
+            return {"user": name, "token": None}
+        return {"user": name, "token": read_token(guard.runtime.token_dir, name)}
 
     # -- the caller's own backups ----------------------------------------------------------------------------
 
