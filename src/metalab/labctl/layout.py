@@ -206,13 +206,18 @@ def login_target(user: str, inventory: str, host: str | None) -> str:
     door (group lab_frontdoor), where every lab user logs in; her home host when the lab has no such group."""
     if host:
         return host
+    home = home_host(read(inventory), user)  # she must still be a lab user with a home host
+    return portal_host(inventory, None) or home
+
+
+def portal_host(inventory: str, host: str | None) -> str | None:
+    """The host whose broker keeps the lab's sign-up requests and passwords: --host when given, else the first front
+    door of a lab of several hosts (group lab_frontdoor); None in a lab of one host (that host)."""
+    if host:
+        return host
     data = read(inventory)
-    hosts = lab_hosts(data)
-    doors = sorted(h for h in members(data, "lab_frontdoor") if h in hosts)
-    if len(hosts) > 1 and doors:
-        home_host(data, user)  # she must still be a lab user with a home host
-        return doors[0]
-    return home_host(data, user)
+    doors = sorted(h for h in members(data, "lab_frontdoor") if h in lab_hosts(data))
+    return doors[0] if len(lab_hosts(data)) > 1 and doors else None
 
 
 # --- placement: the home host of a new user (labctl users add without --host) ------------------------------------

@@ -52,7 +52,8 @@ HOST_CALL: Callable[..., BrokerResult] = run_signup
 
 
 def call_json(args: list[str], inventory: str, host: str | None) -> tuple[Any, str]:
-    result = HOST_CALL(args, inventory=inventory, host=host)
+    # The requests and passwords live on the front door's broker (in a lab of several hosts, the first front door).
+    result = HOST_CALL(args, inventory=inventory, host=layout.portal_host(inventory, host))
     if result.rc != 0:
         message = result.stderr.strip().removeprefix("metalab-broker: ") or result.stdout.strip()
         raise UsersError(f"{result.host}: {message or f'metalab-broker exited with {result.rc}'}")

@@ -259,3 +259,25 @@ def test_passwd_and_enroll_act_on_the_front_door_where_users_log_in(two_hosts: P
     assert labctl("users", "enroll", "bob", "--host", "ly2", "-i", str(two_hosts))[0] == 0 and calls[-1] == "ly2"
     code, output = labctl("users", "enroll", "nobody", "-i", str(two_hosts))
     assert code != 0 and "nobody is not in lab_users" in output and len(calls) == 3
+
+
+def test_sign_up_requests_are_answered_on_the_front_door(two_hosts: Path, monkeypatch) -> None:
+    """The requests live on the broker of the lab's first front door; a lab of one host keeps asking its host."""
+    from metalab.labctl import signup
+
+    calls: list[str | None] = []
+
+    def fake(args: list[str], *, inventory: str, host: str | None) -> users.BrokerResult:
+        calls.append(host)
+        return users.BrokerResult(host or "only", 0, "[]")
+
+    monkeypatch.setattr(signup, "HOST_CALL", fake)
+    front_door = "  children:\n    lab_frontdoor:\n      hosts:\n        ly2:\n"
+    two_hosts.write_text(TWO_HOSTS.replace("  children:\n", front_door))
+    assert labctl("users", "requests", "--json", "-i", str(two_hosts))[0] == 0
+    assert labctl("users", "requests", "--json", "--host", "ly1", "-i", str(two_hosts))[0] == 0
+    assert calls == ["ly2", "ly1"]
+    single = two_hosts.parent / "single.yml"
+    single.write_text("all:\n  hosts:\n    solo:\n  vars:\n    lab_users: [{name: alice}]\n")
+    assert labctl("users", "requests", "--json", "-i", str(single))[0] == 0
+    assert calls[-1] is None  # the one host
