@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 from ansible.plugins.action import ActionBase
 from ansible_collections.metalab.lab.plugins.module_utils.rules import (
@@ -53,6 +55,9 @@ class ActionModule(ActionBase):
             result.update(failed=True, changed=False, msg=invalid_message(errors), errors=errors)
             return result
         lab = with_home_hosts(checked["users"], lab_hosts) if lab_hosts else checked["users"]
+        # Plain values: the inventory's strings carry their origin (file, line) as data tags, which the fact cache
+        # would store with every entry, twice (here and lab-wide), at several times the entries' own size.
+        lab = json.loads(json.dumps(lab))
         # Roles act on the users homed here only; lab-wide views (front door, passwords) read lab_users_lab.
         here = [u for u in lab if not lab_hosts or u["host"] == this_host]
         ansible_facts = {"lab_users_resolved": here}

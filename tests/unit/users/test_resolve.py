@@ -79,3 +79,21 @@ def test_overcommitment_is_a_warning_not_an_error(capsys: pytest.CaptureFixture[
     users = resolve(users=[{"name": "a", "quota": "600G"}, {"name": "b", "quota": "600G"}])["ansible_facts"]
     assert lab_users_over_volume(users["lab_users_resolved"], 1024 * GiB) == []
     assert "overcommitted" in capsys.readouterr().err
+
+
+def test_the_facts_hold_plain_values_not_the_inventorys_tagged_strings() -> None:
+    """Strings from the inventory carry their origin as data tags; the facts (cached per host, twice: here and
+    lab-wide) hold plain values, so the fact cache stays small (tests/sandbox/test_labctl.py measures it)."""
+    from ansible._internal._datatag._tags import Origin
+
+    tagged = Origin(path="/lab/hosts.yml", line_num=3, col_num=7).tag("alice")  # as the inventory loader makes it
+    assert type(tagged) is not str
+    task = Task()
+    task.args = {"users": [{"name": tagged, "quota": "1G"}], "lab_hosts": ["solo"]}
+    action = ActionModule(task, mock.MagicMock(), mock.MagicMock(), None, None, None)
+    result = action.run(task_vars={"inventory_hostname": "solo"})
+    assert not result.get("failed"), result
+    for fact in ("lab_users_resolved", "lab_users_lab"):
+        (entry,) = result["ansible_facts"][fact]
+        assert type(entry["name"]) is str and entry["name"] == "alice"
+        assert entry["host"] == "solo"
