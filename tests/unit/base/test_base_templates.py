@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from nft import nft_check
 
 ROLE = Path(__file__).resolve().parents[3] / "roles" / "base"
 COMMON = ROLE.parent / "common"
@@ -40,18 +41,6 @@ def template(path):
 def firewall(**extra):
     extra.setdefault("__base_sshd_probe", {"stdout_lines": ["port 22"]})
     return render(template("etc/metalab/firewall.nft.j2"), **extra)
-
-
-def nft_check(text, tmp_path):
-    if shutil.which("nft") is None or os.geteuid() != 0:
-        # make test installs nftables and runs as root: there a missing requirement is a failure, never a skip
-        if os.environ.get("METALAB_REQUIRE_ALL") == "1":
-            pytest.fail("nft -c needs nft (Debian package nftables) and root")
-        pytest.skip("nft -c needs nft and root")
-    rules = tmp_path / "firewall.nft"
-    rules.write_text(text)
-    done = subprocess.run(["nft", "-c", "-f", str(rules)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
 
 
 def test_firewall_defaults_admit_ssh_from_anywhere_and_the_front_door(tmp_path):

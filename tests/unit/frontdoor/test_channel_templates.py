@@ -6,14 +6,11 @@ tests/sandbox/test_channel.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from nft import nft_check
 
 REPO = Path(__file__).resolve().parents[3]
 ROLES = REPO / "roles"
@@ -144,18 +141,6 @@ def test_a_multi_host_lab_without_a_front_door_has_none():
 def firewall(host: str, **extra: object) -> str:
     variables = dict(TWO_HOSTS, inventory_hostname=host, __base_sshd_probe={"stdout_lines": ["port 22"]}, **extra)
     return render("base", "etc/metalab/firewall.nft.j2", **variables)
-
-
-def nft_check(text: str, tmp_path: Path) -> None:
-    if shutil.which("nft") is None or os.geteuid() != 0:
-        # make test installs nftables and runs as root: there a missing requirement is a failure, never a skip
-        if os.environ.get("METALAB_REQUIRE_ALL") == "1":
-            pytest.fail("nft -c needs nft (Debian package nftables) and root")
-        pytest.skip("nft -c needs nft and root")
-    rules = tmp_path / "firewall.nft"
-    rules.write_text(text)
-    done = subprocess.run(["nft", "-c", "-f", str(rules)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
 
 
 def test_the_home_hosts_firewall_admits_the_front_door_to_the_internal_port_only(tmp_path):

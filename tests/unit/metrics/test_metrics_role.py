@@ -3,15 +3,13 @@ the host firewall (roles/base) that admits only the scrapers to its port."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
 from ansible_collections.metalab.lab.plugins.filter.metrics import MetricsError, metrics_scrapers
+from nft import nft_check
 
 ROLES = Path(__file__).resolve().parents[3] / "roles"
 
@@ -32,17 +30,6 @@ def render(role: str, template: str, **extra):
     variables["__metrics_scrapers"] = metrics_scrapers(scrapers)
     text = (ROLES / role / "templates" / template).read_text()
     return Templar(loader=loader, variables=variables).template(trust_as_template(text))
-
-
-def nft_check(text, tmp_path):
-    if shutil.which("nft") is None or os.geteuid() != 0:
-        if os.environ.get("METALAB_REQUIRE_ALL") == "1":
-            pytest.fail("nft -c needs nft (Debian package nftables) and root")
-        pytest.skip("nft -c needs nft and root")
-    rules = tmp_path / "firewall.nft"
-    rules.write_text(text)
-    done = subprocess.run(["nft", "-c", "-f", str(rules)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr
 
 
 def test_scrapers_by_family():
