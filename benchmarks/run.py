@@ -4,9 +4,10 @@ Every figure is the median of N runs with min and max; targets are ratios measur
 cases of one section are interleaved, so load from elsewhere on the machine hits them alike). Results: a table
 on stdout and JSON under benchmarks/results/ (benchmarks/results/quick/ with --quick).
 
-    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,concurrent,controller,guard]
+    python benchmarks/run.py [--quick] [--only users,hosts,config,latency,concurrent,controller,guard,route]
                              [--repeat N] [--rtt-ms 10,30] [--profile] [--latency-repeat N]
                              [--concurrent-rounds N] [--site-reruns N] [--runtime-sandbox NAME]
+                             [--route-sandboxes A,B] [--route-requests N] [--route-transfers N] [--route-keep]
 
 Sections (lab hosts are nspawn sandboxes named bm1..bm10, or --runtime-sandbox NAME for latency/concurrent; always
 taken down at the end):
@@ -23,6 +24,11 @@ taken down at the end):
   controller  no-change rerun (--tags subset) on 1 and 10 sandboxes: controller CPU s and SSH sessions per host,
            the machine's busy fraction                                  target: 10 <= 3x 1 host
   guard    one guard run over a 10 000-row ledger (benchmarks/guard_bench.py)        target: < 1 s
+  route    a multi-host lab on two sandboxes (--route-sandboxes, default bm1,bm2; the first is the front door):
+           the same requests through the front door for alice, homed there (nginx -> her socket), and bob, homed
+           on the second (front door -> mutual-TLS channel -> its internal listener -> his socket), interleaved
+           over kept-alive HTTPS connections from this machine: GET api/status (--route-requests) and GET of a
+           4 MiB file from the home (--route-transfers) (benchmarks/route_bench.py)   reported: ratio bob/alice
 
 The rerun sections converge a subset of site.yml (tags base,storage,lab_users: the runtime roles build a
 container image per host, minutes each); the latency section converges everything.
@@ -53,7 +59,7 @@ BENCH = REPO / "benchmarks"
 SITE = REPO / "playbooks" / "site.yml"
 METALAB_CFG = REPO / "ansible.cfg"
 SUBSET_TAGS = "base,storage,lab_users"
-SECTIONS = ("users", "hosts", "config", "latency", "concurrent", "controller", "guard")
+SECTIONS = ("users", "hosts", "config", "latency", "concurrent", "controller", "guard", "route")
 PROFILE = False  # --profile: per-task times of each rerun (benchmarks/callback_plugins/metalab_profile.py)
 RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+"
@@ -162,8 +168,8 @@ class Fleet:
 
 
 @contextmanager
-def fleet(names: List[str], workdir: Path) -> Iterator[Fleet]:
-    """Sandboxes up for the block, down afterwards whatever happened."""
+def fleet(names: List[str], workdir: Path, keep: bool = False) -> Iterator[Fleet]:
+    """Sandboxes up for the block, down afterwards whatever happened (``keep``: left up, e.g. to look at them)."""
     labctl = tool("labctl")
     f = Fleet(names=names, workdir=workdir)
     # Facts cached for an earlier sandbox of the same name: the first converge gathers them afresh.
@@ -184,7 +190,8 @@ def fleet(names: List[str], workdir: Path) -> Iterator[Fleet]:
         f.sandbox_inventory.write_text(inv.stdout)
         yield f
     finally:
-        subprocess.run([labctl, "sandbox", "down", *names], capture_output=True, check=False, timeout=300)
+        if not keep:
+            subprocess.run([labctl, "sandbox", "down", *names], capture_output=True, check=False, timeout=300)
 
 
 # -- playbook runs --------------------------------------------------------------------------------------------
@@ -519,13 +526,18 @@ exec ssh "$@"
 """
 
 
-def host_script(info: Dict[str, Any], args: Sequence[str], timeout: float) -> Dict[str, Any]:
-    """Run benchmarks/start_bench.py as root on a sandbox (piped over SSH) and return its JSON."""
-    ssh = [
+def ssh_argv(info: Dict[str, Any]) -> List[str]:
+    """ssh to a sandbox as its admin (``info``: its `labctl sandbox up --json` record); the command follows."""
+    return [
         "ssh", "-p", str(info["ansible_port"]), "-i", info["ansible_ssh_private_key_file"],
         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-        f"{info['ansible_user']}@{info['ansible_host']}", "sudo python3 - " + " ".join(args),
+        f"{info['ansible_user']}@{info['ansible_host']}",
     ]  # fmt: skip
+
+
+def host_script(info: Dict[str, Any], args: Sequence[str], timeout: float) -> Dict[str, Any]:
+    """Run benchmarks/start_bench.py as root on a sandbox (piped over SSH) and return its JSON."""
+    ssh = [*ssh_argv(info), "sudo python3 - " + " ".join(args)]
     out = subprocess.run(
         ssh, input=START_BENCH.read_text(), capture_output=True, text=True, timeout=timeout, check=False
     )
@@ -791,6 +803,165 @@ def section_guard(work: Path, repeat: int, results: Path) -> Dict[str, Any]:
     }
 
 
+# -- route: the routing overhead of a multi-host lab ---------------------------------------------------------
+
+ROUTE_USERS = ("alice", "bob")  # alice homed on the front door (the first sandbox), bob on the second
+ROUTE_INTERNAL_LOG = "/var/log/nginx/metalab-internal.log"  # the home host's internal listener (roles/frontdoor)
+
+
+def route_bench() -> Any:
+    """benchmarks/route_bench.py as a module, whatever sys.path holds (run.py is also loaded by path in tests)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("metalab_route_bench", BENCH / "route_bench.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def route_sandboxes(text: str) -> Tuple[str, str]:
+    """--route-sandboxes: two different sandbox names, the front door first."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if len(names) != 2 or names[0] == names[1]:
+        raise ValueError(f"two different sandbox names, the front door first (e.g. bm1,bm2), not {text!r}")
+    bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", n)]
+    if bad:
+        raise ValueError(f"not a sandbox name: {', '.join(bad)}")
+    return names[0], names[1]
+
+
+def route_counts(quick: bool, requests: Optional[int], transfers: Optional[int]) -> Tuple[int, int]:
+    """Samples per user: (api/status requests, 4 MiB transfers); --quick: fewer."""
+    n_api = requests if requests is not None else (50 if quick else 400)
+    n_file = transfers if transfers is not None else (10 if quick else 50)
+    if n_api < 1 or n_file < 1:
+        raise ValueError(f"at least one sample of each kind, not {n_api} requests and {n_file} transfers")
+    return n_api, n_file
+
+
+def route_inventory(workdir: Path, front: str, home: str) -> Path:
+    """The lab's vars: alice homed on the front door, bob on the other host. lab_http_proxy comes with the sandbox
+    inventory (the proxy on the sandbox's veth peer, as in molecule/default)."""
+    users = [{"name": "alice", "quota": "1G", "host": front}, {"name": "bob", "quota": "1G", "host": home}]
+    data = {"all": {"vars": dict(HOST_VARS, lab_users=users), "children": {"lab_frontdoor": {"hosts": {front: None}}}}}
+    path = workdir / "route-lab.yml"
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def host_command(info: Dict[str, Any], command: str, timeout: float = 300) -> str:
+    out = subprocess.run([*ssh_argv(info), command], capture_output=True, text=True, timeout=timeout, check=False)
+    if out.returncode != 0:
+        raise BenchError(f"{info.get('name')}: `{command}` failed: {(out.stderr + out.stdout).strip()[-500:]}")
+    return out.stdout
+
+
+def start_runtime(info: Dict[str, Any], user: str) -> str:
+    """A fresh runtime for ``user`` on her home host (stopped first when one runs); her token."""
+    host_command(
+        info, f"sudo metalab-guard stop {user} --reason admin >/dev/null 2>&1; sudo metalab-guard start {user}"
+    )
+    token = host_command(info, f"sudo metalab-guard token {user}").strip()
+    if not re.fullmatch(r"[0-9a-zA-Z_-]{16,}", token):
+        raise BenchError(f"metalab-guard token {user}: not a token: {token[:40]!r}")
+    return token
+
+
+def logged(info: Dict[str, Any], user: str) -> int:
+    """Requests for /user/USER/ in a host's internal-listener access log (what reached it over the channel)."""
+    out = host_command(info, f"sudo grep -c -F ' /user/{user}/' {ROUTE_INTERNAL_LOG} || true")
+    return int(out.strip() or 0)
+
+
+def route_result(raw: Dict[str, Any], hosts: Dict[str, str]) -> Dict[str, Any]:
+    """Figures of route_bench.route()'s raw samples: per kind and side median, p95, min, max, every sample; the
+    ratios remote/local (of the medians, of the p95s, and the median of the per-round pairs)."""
+    users = raw["users"]
+    where = {
+        "local": f"{users['local']} homed on the front door {hosts['local']}: nginx -> her socket",
+        "remote": f"{users['remote']} homed on {hosts['remote']}: front door -> mTLS channel -> {hosts['remote']}",
+    }
+    what = {"api_status": "GET api/status", "file_4MiB": "GET files/ (4 MiB)"}
+    cases: List[Dict[str, Any]] = []
+    ratios: List[Dict[str, Any]] = []
+    for kind, sides in raw["samples"].items():
+        size = raw["sizes"].get(kind, 0)
+        fig: Dict[str, Dict[str, Any]] = {}
+        for side in ("local", "remote"):
+            times = [round(t, 6) for t in sides[side]]
+            if not times:
+                raise BenchError(f"route: no {kind} samples for {side}")
+            fig[side] = dict(
+                figure(times), label=f"{what.get(kind, kind)}, {where[side]}", kind=kind, side=side,
+                user=users[side], host=hosts[side], n=len(times), p95_s=percentile(times, 95),
+            )  # fmt: skip
+            if size:
+                fig[side]["mib_per_s_median"] = round(size / 2**20 / fig[side]["median_s"], 1)
+            cases.append(fig[side])
+        local, remote = fig["local"], fig["remote"]
+        pairs = [r / a for a, r in zip(sides["local"], sides["remote"]) if a > 0]
+        ratios.append(
+            {
+                "what": f"{what.get(kind, kind)}: {users['remote']} (other host) / {users['local']} (front door)",
+                "kind": kind,
+                "n": min(local["n"], remote["n"]),
+                "median_ratio": round(remote["median_s"] / local["median_s"], 3),
+                "p95_ratio": round(remote["p95_s"] / local["p95_s"], 3),
+                "paired_median_ratio": round(statistics.median(pairs), 3),
+                "added_ms_median": round((remote["median_s"] - local["median_s"]) * 1000, 2),
+            }
+        )
+    return {
+        "section": "route",
+        "what": (
+            "the same requests through the lab's one address (the front door, HTTPS, one kept-alive connection per "
+            "user from the controller, `Authorization: token <hers>`): (local) a user homed on the front door, nginx "
+            "-> her JupyterLab's unix socket; (remote) a user homed on another lab host, front door nginx -> "
+            "mutual-TLS channel (kept-alive upstream) -> that host's internal listener -> his socket. Interleaved "
+            "rounds (local/remote, then remote/local), warm-up requests not kept, every answer checked (status JSON; "
+            "the file byte for byte). A sample: request sent -> whole body read."
+        ),
+        "hosts": hosts,
+        "cases": cases,
+        "ratios": ratios,
+        "targets": [],
+        "raw": {k: v for k, v in raw.items() if k != "samples"},
+    }
+
+
+def section_route(work: Path, names: Tuple[str, str], n_api: int, n_file: int, keep: bool) -> Dict[str, Any]:
+    """Two sandboxes, the whole site converged (runtime images included), both runtimes started; the controller
+    measures through the front door. Sandboxes down afterwards unless ``keep``."""
+    rb = route_bench()
+    front, home = names
+    with fleet(list(names), work, keep=keep) as f:
+        lab = route_inventory(work, front, home)
+        first = converge(f, [f.sandbox_inventory, lab], None, "route")
+        tokens = {"alice": start_runtime(f.info[front], "alice"), "bob": start_runtime(f.info[home], "bob")}
+        door = f.info[front]
+        before = {u: logged(f.info[home], u) for u in ROUTE_USERS}
+        cpu0, t0 = cpu_busy_seconds(), time.perf_counter()
+        try:
+            raw = rb.route(
+                str(door["ansible_host"]), int(door.get("https_port", 443)),
+                {"local": ("alice", tokens["alice"]), "remote": ("bob", tokens["bob"])}, n_api, n_file,
+            )  # fmt: skip
+        except (rb.RouteError, OSError) as exc:
+            raise BenchError(f"route: {exc}") from None
+        busy = (cpu_busy_seconds() - cpu0) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
+        after = {u: logged(f.info[home], u) for u in ROUTE_USERS}
+    # Where the requests went: every one of bob's reached his home host's internal listener, none of alice's did.
+    # (Her warm-up, readiness polls and upload are in the counts too.)
+    crossed = {u: after[u] - before[u] for u in ROUTE_USERS}
+    if crossed["alice"] != 0 or crossed["bob"] < n_api + n_file:
+        raise BenchError(f"route: requests logged by {home}'s internal listener {crossed}: not the routes measured")
+    sec = route_result(raw, {"local": front, "remote": home})
+    sec.update(first_converge_s=round(first, 1), cpu_busy_fraction=round(busy, 2), channel_requests_logged=crossed)
+    return sec
+
+
 # -- report ---------------------------------------------------------------------------------------------------
 
 
@@ -817,6 +988,14 @@ def print_table(sections: List[Dict[str, Any]]) -> None:
     for sec in sections:
         for t in sec["targets"]:
             print(f"  {t['verdict']:<5} {t['what']}: {t['value']:.2f} {t['op']} {t['bound']}")
+    ratios = [r for sec in sections for r in sec.get("ratios", [])]
+    if ratios:
+        print("ratios (no target; within this run):")
+        for r in ratios:
+            print(
+                f"  {r['what']}: {r['median_ratio']:.2f}x of the medians (+{r['added_ms_median']:.1f} ms), "
+                f"p95 {r['p95_ratio']:.2f}x, paired {r['paired_median_ratio']:.2f}x, n={r['n']}"
+            )
 
 
 def write_results(results: Path, sections: List[Dict[str, Any]], meta: Dict[str, Any]) -> None:
@@ -830,6 +1009,8 @@ def write_results(results: Path, sections: List[Dict[str, Any]], meta: Dict[str,
         if path.exists():
             data = json.loads(path.read_text())
             summary["sections"][name] = {"started": data["machine"].get("started"), "targets": data["targets"]}
+            if "ratios" in data:
+                summary["sections"][name]["ratios"] = data["ratios"]
     (results / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -862,6 +1043,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="the sandbox of the latency and concurrent sections (default bm1; another name when other sessions on "
         "this machine use the bm names); taken down at the end",
     )
+    parser.add_argument(
+        "--route-sandboxes",
+        default="bm1,bm2",
+        help="the two sandboxes of the route section, the front door first (default bm1,bm2)",
+    )
+    parser.add_argument("--route-requests", type=int, help="api/status samples per user (default 400; 50 with --quick)")
+    parser.add_argument("--route-transfers", type=int, help="4 MiB transfers per user (default 50; 10 with --quick)")
+    parser.add_argument(
+        "--route-keep",
+        action="store_true",
+        help="leave the route section's sandboxes up (converged, runtimes running); a later run reuses them",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the ansible-playbook logs (path printed)")
     parser.add_argument("--profile", action="store_true", help="record the 10 slowest tasks of each rerun in the JSON")
     args = parser.parse_args(argv)
@@ -871,6 +1064,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     unknown = only - set(SECTIONS)
     if unknown:
         parser.error(f"--only: unknown section(s) {', '.join(sorted(unknown))}")
+    try:
+        route_names = route_sandboxes(args.route_sandboxes)
+        route_n = route_counts(args.quick, args.route_requests, args.route_transfers)
+    except ValueError as exc:
+        parser.error(f"route: {exc}")
     if only - {"guard"} and os.geteuid() != 0:
         parser.error("the sandbox sections need root (labctl sandbox); run as root or use --only guard")
     try:
@@ -916,6 +1114,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             done([section_controller(work / "controller", repeat, args.quick)])
         if "guard" in only:
             done([section_guard(work, 3 if args.quick else max(repeat, 5), results)])
+        if "route" in only:
+            print(f"route: a two-host lab on {','.join(route_names)} (builds the runtime image on both) ...",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            (work / "route").mkdir()
+            done([section_route(work / "route", route_names, *route_n, keep=args.route_keep)])
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         print(f"logs kept in {work}", file=sys.stderr)
