@@ -834,8 +834,8 @@ def route_sandboxes(text: str) -> Tuple[str, str]:
 
 def route_counts(quick: bool, requests: Optional[int], transfers: Optional[int]) -> Tuple[int, int]:
     """Samples per user: (api/status requests, 4 MiB transfers); --quick: fewer."""
-    n_api = requests if requests is not None else (50 if quick else 400)
-    n_file = transfers if transfers is not None else (10 if quick else 50)
+    n_api = requests if requests is not None else (50 if quick else 1000)
+    n_file = transfers if transfers is not None else (10 if quick else 100)
     if n_api < 1 or n_file < 1:
         raise ValueError(f"at least one sample of each kind, not {n_api} requests and {n_file} transfers")
     return n_api, n_file
@@ -880,10 +880,10 @@ def route_result(raw: Dict[str, Any], hosts: Dict[str, str]) -> Dict[str, Any]:
     ratios remote/local (of the medians, of the p95s, and the median of the per-round pairs)."""
     users = raw["users"]
     where = {
-        "local": f"{users['local']} homed on the front door {hosts['local']}: nginx -> her socket",
-        "remote": f"{users['remote']} homed on {hosts['remote']}: front door -> mTLS channel -> {hosts['remote']}",
+        "local": f"{users['local']}@{hosts['local']} (front door -> socket)",
+        "remote": f"{users['remote']}@{hosts['remote']} (front door -> mTLS -> {hosts['remote']})",
     }
-    what = {"api_status": "GET api/status", "file_4MiB": "GET files/ (4 MiB)"}
+    what = {"api_status": "GET api/status", "file_4MiB": "GET 4 MiB file"}
     cases: List[Dict[str, Any]] = []
     ratios: List[Dict[str, Any]] = []
     for kind, sides in raw["samples"].items():
@@ -975,12 +975,14 @@ def print_table(sections: List[Dict[str, Any]]) -> None:
     for sec in sections:
         tags = f" (site.yml --tags {sec['tags']})" if sec.get("tags") else ""
         print(f"[{sec['section']}]{tags}")
+        digits = 4 if sec["section"] == "route" else 2  # milliseconds matter there
         for c in sec["cases"]:
             changed = ",".join(str(x) for x in c.get("changed", [])) or "-"
             busy = f"{c['cpu_busy_fraction']:.0%}" if "cpu_busy_fraction" in c else "-"
             ctl = f"{c['controller_cpu_s_median']:.1f}" if "controller_cpu_s_median" in c else "-"
             print(
-                f"  {c['label']:<60}{c['median_s']:>10.2f}{c['min_s']:>9.2f}{c['max_s']:>9.2f}{busy:>9}{ctl:>10}"
+                f"  {c['label']:<60}{c['median_s']:>10.{digits}f}{c['min_s']:>9.{digits}f}{c['max_s']:>9.{digits}f}"
+                f"{busy:>9}{ctl:>10}"
                 f"  {len(c['runs'])}  {changed}"
             )
     print()
@@ -1048,8 +1050,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default="bm1,bm2",
         help="the two sandboxes of the route section, the front door first (default bm1,bm2)",
     )
-    parser.add_argument("--route-requests", type=int, help="api/status samples per user (default 400; 50 with --quick)")
-    parser.add_argument("--route-transfers", type=int, help="4 MiB transfers per user (default 50; 10 with --quick)")
+    parser.add_argument(
+        "--route-requests", type=int, help="api/status samples per user (default 1000; 50 with --quick)"
+    )
+    parser.add_argument("--route-transfers", type=int, help="4 MiB transfers per user (default 100; 10 with --quick)")
     parser.add_argument(
         "--route-keep",
         action="store_true",

@@ -47,7 +47,7 @@ def test_route_sandboxes_are_two_different_names_front_door_first(run):
 
 
 def test_route_counts_quick_takes_fewer_samples_and_explicit_counts_win(run):
-    assert run.route_counts(False, None, None) == (400, 50)
+    assert run.route_counts(False, None, None) == (1000, 100)
     assert run.route_counts(True, None, None) == (50, 10)
     assert run.route_counts(True, 7, 3) == (7, 3)
     with pytest.raises(ValueError):
