@@ -10,7 +10,7 @@ on stdout and JSON under benchmarks/results/ (benchmarks/results/quick/ with --q
                              [--route-sandboxes A,B] [--route-requests N] [--route-transfers N] [--route-keep]
 
 Sections (lab hosts are nspawn sandboxes named bm1..bm10, or --runtime-sandbox NAME for latency/concurrent; always
-taken down at the end):
+taken down at the end, except the route section's with --route-keep):
   users    no-change rerun of site.yml on 1 host with 1, 50 and 200 lab users         target: 200 <= 1.5x 1
   hosts    no-change rerun on 1, 5 and 10 sandboxes at once (forks >= 10)             target: 10 <= 3x 1
   config   the same rerun with metalab's ansible.cfg vs Ansible's defaults            target: defaults >= 2x
