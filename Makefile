@@ -14,7 +14,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 APT_PACKAGES := debootstrap systemd-container qemu-system-x86 qemu-utils tinyproxy iproute2 \
 	openssh-client e2fsprogs rsync curl ca-certificates chromium fonts-dejavu-core nftables \
 	checkpolicy semodule-utils restic acl
-SCENARIOS ?= default metal
+SCENARIOS ?= default lab metal
 DEMO_NAME ?= demo
 # MITOGEN=1: the sandbox, molecule and e2e targets run Ansible with Mitogen for Ansible's strategy (the optional
 # extra, installed in the venv). The variables are computed by the venv's python when the recipe runs (the venv

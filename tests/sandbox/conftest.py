@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 import pytest
+from playbook_output import failures, recap  # noqa: F401 - the suites import them from here
 
 from metalab.labctl.sandbox.ssh import ssh_argv
 
@@ -66,16 +67,6 @@ def up(name: str, *extra: str) -> dict:
     return json.loads(result.stdout)
 
 
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """ansible-playbook's PLAY RECAP as {host: {ok, changed, unreachable, failed, ...}}."""
-    hosts = {}
-    for line in output.split("PLAY RECAP", 1)[-1].splitlines():
-        parts = line.split()
-        if len(parts) > 2 and parts[1] == ":":
-            hosts[parts[0]] = {k: int(v) for k, v in (p.split("=") for p in parts[2:] if "=" in p)}
-    return hosts
-
-
 def playbook(
     name: str, *inventories: Path, tags: str, environ: Optional[Mapping[str, str]] = None
 ) -> subprocess.CompletedProcess[str]:
@@ -89,15 +80,3 @@ def playbook(
     env = {**(os.environ if environ is None else environ), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg")}
     env["ANSIBLE_NOCOLOR"] = "1"
     return subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False, cwd=REPO, env=env)
-
-
-def failures(run: subprocess.CompletedProcess[str]) -> str:
-    """What to show when a playbook run failed: each failed task (its TASK line and the fatal/failed lines after it,
-    wherever it is in the output), then the end of the output and of stderr."""
-    lines = run.stdout.splitlines()
-    shown = []
-    for i, line in enumerate(lines):
-        if line.startswith(("fatal:", "failed:")) or "FAILED!" in line:
-            task = next((lines[j] for j in range(i, -1, -1) if lines[j].startswith("TASK [")), "")
-            shown += [task, *lines[i : i + 12], ""]
-    return "\n".join(shown) + "\n--- end of the output ---\n" + run.stdout[-3000:] + run.stderr[-2000:]

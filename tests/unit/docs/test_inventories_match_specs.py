@@ -48,6 +48,7 @@ def test_every_shipped_inventory_is_checked(checked):
     assert {
         "inventory/sandbox/demo.yml",
         "molecule/default/molecule.yml all",
+        "molecule/lab/molecule.yml all",
         "molecule/metal/molecule.yml all",
     } <= labels
     # The shared molecule base reaches every scenario, templated as Ansible would (a list of CA files).

@@ -2,7 +2,7 @@
 (ansible's Templar on the roles' own defaults and vars): a single-host lab gets exactly the configuration the default
 scenario's host has (tests/integration/default/rendered), a two-host lab the channel of docs/security.md ("Trust
 between lab hosts"). nginx -t of these files runs on the sandboxes (the template tasks' validate:,
-tests/sandbox/test_channel.py)."""
+tests/integration/lab/test_2_channel.py, the lab molecule scenario)."""
 
 from __future__ import annotations
 

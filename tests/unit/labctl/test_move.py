@@ -1,6 +1,7 @@
 """labctl users move: every refusal comes before anything changes (the inventory byte-identical, no copy phase
 run), the legitimate move through the same command runs copy, retire and writes the host with comments kept.
-The lab hosts' answers are stand-ins for playbooks/labctl/move.yml's probe (the real run: tests/sandbox/test_move.py).
+The lab hosts' answers are stand-ins for playbooks/labctl/move.yml's probe (the real run:
+tests/integration/lab/test_4_move.py, the lab molecule scenario).
 """
 
 from __future__ import annotations
