@@ -118,6 +118,11 @@ def test_after_the_printed_converge_she_is_served_from_her_new_home_and_her_budg
     lab.sh(LAB2, "metalab-guard stop bob")
     lab.sh(LAB2, "metalab-guard start bob")
     assert lab.run(LAB2, "podman container exists metalab-bob").rc == 0
+    # labctl session list shows the whole lab's runtimes, each on its home host; none of alice's.
+    listed = lab.labctl("session", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    runtimes = {(row["user"], row["host"]) for row in json.loads(listed.stdout)}
+    assert {("bob", LAB2), ("carol", DOOR)} <= runtimes and not any(u == "alice" for u, _ in runtimes), runtimes
     # The one address sends her to ml-lab2 now: her portal status comes from there, her requests go there.
     client = PortalClient(lab.base_url)
     client.login("alice", passwords["alice"])
