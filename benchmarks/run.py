@@ -6,9 +6,10 @@ on stdout and JSON under benchmarks/results/ (benchmarks/results/quick/ with --q
 
     python benchmarks/run.py [--quick] [--only users,hosts,config,latency,concurrent,controller,guard]
                              [--repeat N] [--rtt-ms 10,30] [--profile] [--latency-repeat N]
-                             [--concurrent-rounds N] [--site-reruns N]
+                             [--concurrent-rounds N] [--site-reruns N] [--runtime-sandbox NAME]
 
-Sections (lab hosts are nspawn sandboxes named bm1..bm10, always taken down at the end):
+Sections (lab hosts are nspawn sandboxes named bm1..bm10, or --runtime-sandbox NAME for latency/concurrent; always
+taken down at the end):
   users    no-change rerun of site.yml on 1 host with 1, 50 and 200 lab users         target: 200 <= 1.5x 1
   hosts    no-change rerun on 1, 5 and 10 sandboxes at once (forks >= 10)             target: 10 <= 3x 1
   config   the same rerun with metalab's ansible.cfg vs Ansible's defaults            target: defaults >= 2x
@@ -645,16 +646,22 @@ def concurrent_result(data: Dict[str, Any], single_guard_s: Optional[float]) -> 
 
 
 def section_runtime(
-    work: Path, latency_n: int, rounds: int, rerun_repeat: int, rtts: Sequence[float], only: Sequence[str]
+    work: Path,
+    latency_n: int,
+    rounds: int,
+    rerun_repeat: int,
+    rtts: Sequence[float],
+    only: Sequence[str],
+    sandbox: str = "bm1",
 ) -> List[Dict[str, Any]]:
     """One sandbox with the whole site converged (runtime image included) and 10 lab users: start timings, and
-    (with the latency section) the whole-site no-change reruns."""
+    (with the latency section) the whole-site no-change reruns. ``sandbox``: its name (taken down afterwards)."""
     out: List[Dict[str, Any]] = []
     users = ["alice", *(f"user{i:03d}" for i in range(1, CONCURRENT_USERS))]
-    with fleet(["bm1"], work) as f, ExitStack() as stack:
-        lab = f.vars_inventory({"bm1": CONCURRENT_USERS})
+    with fleet([sandbox], work) as f, ExitStack() as stack:
+        lab = f.vars_inventory({sandbox: CONCURRENT_USERS})
         first = converge(f, [f.sandbox_inventory, lab], None, "latency")
-        info = f.info["bm1"]
+        info = f.info[sandbox]
         single: Optional[float] = None
         if "latency" in only:
             data = host_script(info, ["latency", "alice", str(latency_n)], timeout=1800)
@@ -669,7 +676,7 @@ def section_runtime(
             # ansible.cfg, with Ansible's defaults and with the Mitogen extra, at each round trip, interleaved.
             if rerun_repeat:
                 envs = {rtt: stack.enter_context(network(work, rtt)) for rtt in [0.0, *rtts]}
-                base = Case("whole site.yml rerun, 1 host", "bm1", METALAB_CFG, 1, tags=None)
+                base = Case("whole site.yml rerun, 1 host", sandbox, METALAB_CFG, 1, tags=None)
                 triples = config_cases(base, defaults_cfg(work), [0.0, *rtts], envs, mitogen())
                 site_cases = [c for triple in triples for c in triple if c is not None]
                 measure(f, [f.sandbox_inventory, lab], site_cases, rerun_repeat)
@@ -885,6 +892,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help="comma-separated round trips (ms) to add to SSH for the config and whole-site comparisons, besides "
         "the sandboxes' own (default 10,30; '' for none)",
     )
+    parser.add_argument(
+        "--runtime-sandbox",
+        default="bm1",
+        help="the sandbox of the latency and concurrent sections (default bm1; another name when other sessions on "
+        "this machine use the bm names); taken down at the end",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep the ansible-playbook logs (path printed)")
     parser.add_argument("--profile", action="store_true", help="record the 10 slowest tasks of each rerun in the JSON")
     args = parser.parse_args(argv)
@@ -932,7 +945,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             latency_n = args.latency_repeat or (3 if args.quick else 10)
             rounds = args.concurrent_rounds or (1 if args.quick else 3)
             site = args.site_reruns if args.site_reruns is not None else (0 if args.quick else repeat)
-            done(section_runtime(work / "latency", latency_n, rounds, site, rtts, sorted(only)))
+            done(section_runtime(work / "latency", latency_n, rounds, site, rtts, sorted(only), args.runtime_sandbox))
         if "controller" in only:
             print("controller: 1 and 10 sandboxes ...", file=sys.stderr, flush=True)
             (work / "controller").mkdir()

@@ -11,7 +11,9 @@ from ansible_collections.metalab.lab.plugins.module_utils.rules import (
     DEFAULT_QUOTA,
     DEFAULT_USERS_PREFIX,
     invalid_message,
+    validate_layout,
     validate_users,
+    with_home_hosts,
 )
 
 SPEC = {
@@ -19,6 +21,10 @@ SPEC = {
     "prefix": {"type": "str", "default": DEFAULT_USERS_PREFIX},
     "default_quota": {"type": "str", "default": DEFAULT_QUOTA},
     "homes_root": {"type": "path", "default": DEFAULT_HOMES_ROOT},
+    # The lab layout (docs/inventory.md); without lab_hosts, this host is the lab's only host.
+    "lab_hosts": {"type": "list", "elements": "str", "default": []},
+    "gpu_hosts": {"type": "list", "elements": "str", "default": []},
+    "frontdoor_hosts": {"type": "list", "elements": "str", "default": []},
 }
 
 
@@ -38,8 +44,18 @@ class ActionModule(ActionBase):
         )
         for warning in checked["warnings"]:
             self._display.warning(warning)
-        if checked["errors"]:
-            result.update(failed=True, changed=False, msg=invalid_message(checked["errors"]), errors=checked["errors"])
+        this_host = (task_vars or {}).get("inventory_hostname")
+        lab_hosts = p["lab_hosts"] or ([this_host] if this_host else [])
+        errors = list(checked["errors"])
+        if lab_hosts:
+            errors += validate_layout(checked["users"], lab_hosts, p["gpu_hosts"], p["frontdoor_hosts"])
+        if errors:
+            result.update(failed=True, changed=False, msg=invalid_message(errors), errors=errors)
             return result
-        result.update(changed=False, ansible_facts={"lab_users_resolved": checked["users"]})
+        lab = with_home_hosts(checked["users"], lab_hosts) if lab_hosts else checked["users"]
+        # Roles act on the users homed here only; lab-wide views (front door, passwords) read lab_users_lab.
+        here = [u for u in lab if not lab_hosts or u["host"] == this_host]
+        ansible_facts = {"lab_users_resolved": here}
+        ansible_facts["lab_users_lab"] = lab
+        result.update(changed=False, ansible_facts=ansible_facts)
         return result

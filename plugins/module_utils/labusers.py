@@ -46,6 +46,7 @@ RESOLVED_USER_SPEC: Dict[str, Dict[str, Any]] = {
     "uid": {"type": "int"},
     "comment": {"type": "str", "default": ""},
     "email": {"type": "str"},  # recorded for labctl (sign-up mail); the account does not use it
+    "host": {"type": "str"},  # her home host (the lab layout); the module runs there only
 }
 
 

@@ -8,8 +8,9 @@ hosts with the modules), the guard and the broker (root on a lab host) and the p
 module imports the standard library only, and nothing here reads a file, the clock or the environment.
 
 This file is over 400 lines because two of the rules are large: the session settings (build_policy: limits,
-budgets, warnings, presets) and the lab_users resolution (validate_users). They stay next to the duration, name,
-size and uid rules they apply; one file is also what lets plugins/module_utils/rules.py be a single link.
+budgets, warnings, presets) and the lab_users resolution (validate_users, and the lab layout: validate_layout,
+home_hosts). They stay next to the duration, name, size and uid rules they apply; one file is also what lets
+plugins/module_utils/rules.py be a single link.
 """
 
 from __future__ import annotations
@@ -424,7 +425,7 @@ def podman_cdi_problem(version_output: str) -> Optional[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # The lab_users list, resolved: validated and normalised once, then read by every role, template and tool.
 
-USER_KEYS = ("name", "quota", "gpu", "state", "uid", "comment", "email")
+USER_KEYS = ("name", "quota", "gpu", "state", "uid", "comment", "email", "host")
 # An e-mail address (lab_users' optional ``email``, the sign-up form): one @, a dotted domain, no spaces, quotes,
 # angle brackets or control characters, at most 254 characters. Deliberately plain: what a mail relay accepts.
 EMAIL = re.compile(
@@ -555,6 +556,9 @@ def validate_users(
         email = entry.get("email")
         if email is not None and email_problem(email):
             problems.append(str(email_problem(email)))
+        host = entry.get("host")
+        if host is not None and (not isinstance(host, str) or not host.strip()):
+            problems.append("host must be the inventory name of a lab host, got " + repr(host))
         if problems:
             errors.extend(where + ": " + p for p in problems)
         if isinstance(name, str) and name not in seen_names:
@@ -575,6 +579,7 @@ def validate_users(
                 "uid": uid,
                 "comment": comment,
                 "email": email,
+                "host": host,  # None: the lab's only host (validate_layout, home_hosts)
             }
         )
     if volume_size:
@@ -620,3 +625,139 @@ def present_users(resolved: Sequence[Mapping[str, Any]]) -> List[Mapping[str, An
 
 def invalid_message(errors: List[str]) -> str:
     return "invalid lab_users, nothing changed: " + "; ".join(errors)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The lab layout (issue 17): every lab user has one home host, where her account, home and runtimes are. The inventory
+# says it: lab_users[].host (an inventory host name; optional when the lab has one host), the lab hosts (the play's
+# lab_hosts pattern), the group gpu_hosts (the hosts with GPUs, for this check) and the group lab_frontdoor.
+
+GPU_HOSTS_GROUP = "gpu_hosts"
+FRONTDOOR_GROUP = "lab_frontdoor"
+
+
+def _hosts_text(hosts: Sequence[str]) -> str:
+    return ", ".join(sorted(hosts)) if hosts else "none"
+
+
+def validate_layout(
+    users: Sequence[Mapping[str, Any]],
+    lab_hosts: Sequence[str],
+    gpu_hosts: Sequence[str] = (),
+    frontdoor_hosts: Sequence[str] = (),
+) -> List[str]:
+    """Errors of the lab layout, each naming the entry; empty when it is fine. ``users`` are validate_users' users.
+
+    Refused: a ``host`` that is not a lab host; no ``host`` when the lab has more than one lab host; a present
+    ``gpu: true`` user homed on a host outside the group gpu_hosts (checked when the lab has more than one host: a
+    single host is where everyone is, and its GPU roles find its GPUs themselves); a lab_frontdoor host that is not a
+    lab host. A single-host lab without host keys passes: every user is homed on that host.
+    """
+    errors: List[str] = []
+    lab = sorted(set(lab_hosts))
+    several = len(lab) > 1
+    for user in users:
+        where = "lab_users entry " + repr(user["name"])
+        host = user.get("host")
+        if host is None:
+            if several:
+                errors.append(
+                    where
+                    + ": no home host; the lab has "
+                    + str(len(lab))
+                    + " lab hosts ("
+                    + _hosts_text(lab)
+                    + "): set host: to the one that keeps her account and home"
+                )
+            continue
+        if host not in lab:
+            errors.append(where + ": host " + repr(host) + " is not a lab host (lab hosts: " + _hosts_text(lab) + ")")
+        elif several and user.get("gpu") and user.get("state", "present") == "present" and host not in gpu_hosts:
+            errors.append(
+                where
+                + ": gpu: true, but her home host "
+                + repr(host)
+                + " has no GPUs (not in the group "
+                + GPU_HOSTS_GROUP
+                + ": "
+                + _hosts_text([h for h in gpu_hosts if h in lab])
+                + "); home her on a GPU host"
+            )
+    for host in sorted(set(frontdoor_hosts)):
+        if host not in lab:
+            errors.append(
+                "the group "
+                + FRONTDOOR_GROUP
+                + " names "
+                + repr(host)
+                + ", which is not a lab host (lab hosts: "
+                + _hosts_text(lab)
+                + ")"
+            )
+    return errors
+
+
+def home_hosts(users: Sequence[Mapping[str, Any]], lab_hosts: Sequence[str]) -> Dict[str, Optional[str]]:
+    """name -> home host: the entry's host, else the lab's only host (None when the lab has several: invalid)."""
+    lab = sorted(set(lab_hosts))
+    only = lab[0] if len(lab) == 1 else None
+    return {str(u["name"]): (u.get("host") or only) for u in users}
+
+
+def with_home_hosts(users: Sequence[Mapping[str, Any]], lab_hosts: Sequence[str]) -> List[Dict[str, Any]]:
+    """validate_users' users with ``host`` filled in (the lab_users_lab fact)."""
+    homes = home_hosts(users, lab_hosts)
+    return [{**u, "host": homes[str(u["name"])]} for u in users]
+
+
+def home_conflicts(
+    lab_users: Sequence[Mapping[str, Any]], found: Mapping[str, Mapping[str, Sequence[str]]]
+) -> Tuple[List[str], List[str]]:
+    """(errors, warnings) of the lab users' accounts and homes as found on the play's hosts, before any change.
+
+    ``lab_users``: the lab_users_lab records (``host`` filled in). ``found``: host -> {"accounts": [lab user names
+    with a host account], "homes": [names with a home directory]} for each host of the play. An error for a present
+    user whose home host holds nothing of her while another host does: changing her home host is a move (labctl
+    users move), never a silent new empty home. A warning for each host holding the account or home of a user homed
+    elsewhere: metalab never deletes it (data safety); it stays until she is moved or an administrator removes it.
+    """
+    errors: List[str] = []
+    warnings: List[str] = []
+
+    def held(host: str, name: str) -> List[str]:
+        parts = found.get(host) or {}
+        return [what for what, key in (("account", "accounts"), ("home", "homes")) if name in (parts.get(key) or ())]
+
+    for user in lab_users:
+        name, home = str(user["name"]), user.get("host")
+        elsewhere = {h: held(h, name) for h in sorted(found) if h != home and held(h, name)}
+        if user.get("state", "present") == "present" and home in found and not held(str(home), name) and elsewhere:
+            where = ", ".join(h + " (" + " and ".join(parts) + ")" for h, parts in elsewhere.items())
+            errors.append(
+                "lab_users entry "
+                + repr(name)
+                + ": her home host is "
+                + repr(home)
+                + ", which holds nothing of her, but her files are on "
+                + where
+                + ": changing a user's home host is a move, never a new empty home; run `labctl users move "
+                + name
+                + " --to "
+                + str(home)
+                + "`, or set her host back to "
+                + next(iter(elsewhere))
+            )
+            continue
+        for host, parts in elsewhere.items():
+            warnings.append(
+                host
+                + " still holds the "
+                + " and ".join(parts)
+                + " of "
+                + repr(name)
+                + ", who is homed on "
+                + repr(home)
+                + ": metalab leaves them there (it never deletes a home); `labctl users move` moves a home, an "
+                + "administrator removes a stale copy by hand once it is not needed"
+            )
+    return errors, warnings

@@ -125,7 +125,9 @@ class TestTwoHostsAndAnUnreachableOne:
             "ansible_ssh_private_key_file": a["ansible_ssh_private_key_file"],
             "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
         }
-        site = {**NSPAWN_SITE, "lab_users": [{"name": "alice", "quota": "1G"}]}
+        # A lab of several hosts homes each user on one of them (docs/inventory.md, the lab layout).
+        users = [{"name": "alice", "quota": "1G", "host": "lca"}, {"name": "bob", "quota": "1G", "host": "lcb"}]
+        site = {**NSPAWN_SITE, "lab_users": users}
         inventory = write_yaml(tmp_path / "hosts.yml", sandbox_inventory("lca", "lcb", site_vars=site,
                                                                           extra_hosts={"lc-gone": gone}))  # fmt: skip
 
@@ -158,9 +160,9 @@ class TestTwoHostsAndAnUnreachableOne:
         assert artifacts.parent == cache / "runner" / "artifacts"
         assert len(list((artifacts / "job_events").glob("*.json"))) > 20
 
-        # The two reachable hosts really were provisioned.
-        for record in pair:
-            check = ssh(record, f"test -s {FACTS_FILE} && getent passwd lab-alice")
+        # The two reachable hosts really were provisioned, each with the account of the user homed there.
+        for record, login in zip(pair, ("lab-alice", "lab-bob")):
+            check = ssh(record, f"test -s {FACTS_FILE} && getent passwd {login}")
             assert check.returncode == 0, check.stderr
         print(f"provision, 2 hosts + 1 unreachable: {took:.0f}s")
 

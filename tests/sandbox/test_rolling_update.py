@@ -21,7 +21,12 @@ LAB_VARS = {
     "lab_homes_device": "none",
     "lab_quota_required": False,
     "runtime_image_base_from_host": True,
-    "lab_users": [{"name": "alice", "quota": "1G"}],
+    # One user homed on each host (the lab layout: a lab of several hosts homes every user on one of them).
+    "lab_users": [
+        {"name": "bob", "quota": "1G", "host": "bm1"},
+        {"name": "alice", "quota": "1G", "host": "bm2"},
+        {"name": "carl", "quota": "1G", "host": "bm3"},
+    ],
 }
 
 
@@ -51,10 +56,10 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
         converge = playbook("site.yml", sandboxes, lab, tags=TAGS)
         assert converge.returncode == 0, failures(converge)
 
-        # The update adds dave everywhere; bm2's host vars ask for a package no mirror has (the injected failure:
+        # The update adds dave (homed on bm1); bm2's host vars ask for a package no mirror has (the injected failure:
         # the base role's package install fails, after the drain).
         update = tmp_path / "update.yml"
-        new_users = [*LAB_VARS["lab_users"], {"name": "dave", "quota": "1G"}]
+        new_users = [*LAB_VARS["lab_users"], {"name": "dave", "quota": "1G", "host": "bm1"}]
         update.write_text(
             json.dumps(
                 {
@@ -86,6 +91,6 @@ def test_failure_on_one_host_stops_the_update_and_leaves_it_drained(state_dir, t
         assert "host is being updated" in refused.stderr
         assert "rolling update" in refused.stderr
         # bm1 takes runtimes again (this start fails later for want of podman, which these tags skip).
-        assert "being updated" not in ssh(records["bm1"], "sudo metalab-guard start alice").stderr
+        assert "being updated" not in ssh(records["bm1"], "sudo metalab-guard start bob").stderr
     finally:
         labctl("down", *NAMES, check=False)

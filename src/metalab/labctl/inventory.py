@@ -185,7 +185,7 @@ def write_atomically(path: Path, content: bytes) -> None:
         raise
 
 
-def _new_entry(name: str, quota: str | None, gpu: bool, like: Any) -> Any:
+def _new_entry(name: str, quota: str | None, gpu: bool, like: Any, host: str | None = None) -> Any:
     from ruamel.yaml.comments import CommentedMap
 
     entry = CommentedMap()
@@ -193,6 +193,8 @@ def _new_entry(name: str, quota: str | None, gpu: bool, like: Any) -> Any:
     if quota:
         entry["quota"] = quota
     entry["gpu"] = gpu
+    if host:
+        entry["host"] = host  # her home host (the lab layout)
     if isinstance(like, CommentedMap) and like.fa.flow_style():
         entry.fa.set_flow_style()
     return entry
@@ -231,12 +233,13 @@ def commit(doc: UsersDocument, users: Any) -> None:
     write_atomically(doc.path, doc.dump())
 
 
-def add_users(inventory: Path, entries: list[tuple[str, str | None, bool]]) -> UsersDocument:
+def add_users(inventory: Path, entries: list[tuple[Any, ...]]) -> UsersDocument:
+    """Append (name, quota, gpu[, home host]) entries, comments kept; validated first, nothing written on error."""
     doc = locate(inventory)
     existing = doc.users
     users = list(existing) if existing is not None else []
     like = users[-1] if users else None
-    new = [_new_entry(name, quota, gpu, like) for name, quota, gpu in entries]
+    new = [_new_entry(name, quota, gpu, like, host) for name, quota, gpu, host in ((*e, None)[:4] for e in entries)]
     # Validate before touching the document, then append to the real sequence (keeps its comments).
     errors = validate(plain(users + new) or [], **_validator_settings(doc))
     if errors:

@@ -1,9 +1,10 @@
 """`labctl session` and `labctl usage`: runtimes on the lab hosts, through the `metalab.lab.lab_session` module.
 
 Every command is one run of playbooks/labctl/session.yml (``metalab.lab.lab_session``, which calls ``metalab-guard``
-on the host) through labctl's executor: one fan-out over all hosts for ``list`` and ``usage``, one host for the
-others. Its artifacts (events included) are not kept: they go with the run's private 0700 directory, so a token
-shown by ``labctl session token`` is not left on the controller's disk; on the host it never appears on a command line.
+on the host) through labctl's executor: one fan-out over all hosts for ``list`` and ``usage``, the user's home host
+(metalab.labctl.layout) for the others. Its artifacts (events included) are not kept: they go with the run's private
+0700 directory, so a token shown by ``labctl session token`` is not left on the controller's disk; on the host it
+never appears on a command line.
 """
 
 from __future__ import annotations
@@ -85,23 +86,14 @@ def _single(results: dict[str, HostResult]) -> HostResult:
 
 
 def _find_host(user: str, inventory: str, host: str | None) -> str:
-    """The host running USER's runtime (for stop/token), else --host, else 'all' must be one host."""
-    if host:
-        return host
-    results = run_module({"state": "query"}, inventory=inventory, hosts="all")
-    running = [
-        r.host for r in results.values() if r.ok and any(s.get("user") == user for s in r.result.get("sessions", []))
-    ]
-    if running:
-        return running[0]
-    reachable = [r.host for r in results.values() if r.ok]
-    if len(reachable) == 1:
-        return reachable[0]
-    raise click.UsageError(f"{user} has no runtime on any host; choose a host with --host")
+    """--host, else USER's home host (the lab layout: her runtimes run there and nowhere else)."""
+    from metalab.labctl import layout
+
+    return layout.target(user, inventory, host)
 
 
 def _where_user_runs(user: str, state: str, inventory: str | None, host: str | None) -> HostResult:
-    """lab_session with ``state`` for USER on the host that runs USER's runtime (see _find_host)."""
+    """lab_session with ``state`` for USER on her home host (or --host), once."""
     inv = _inventory(inventory)
     return _single(run_module({"user": user, "state": state}, inventory=inv, hosts=_find_host(user, inv, host)))
 
@@ -109,7 +101,8 @@ def _where_user_runs(user: str, state: str, inventory: str | None, host: str | N
 INVENTORY_OPTION = click.option(
     "-i", "--inventory", metavar="INVENTORY", help="Inventory file or directory [env: METALAB_INVENTORY]."
 )
-HOST_OPTION = click.option("--host", metavar="HOST", help="Lab host (default: the only one, or where USER runs).")
+HOST_OPTION = click.option("--host", metavar="HOST", help="Lab host (default: USER's home host).")
+HOSTS_OPTION = click.option("--host", metavar="HOST", help="Lab hosts (pattern; default: every host).")
 
 SESSION_COLUMNS = [
     output.Column("user"),
@@ -176,9 +169,10 @@ def cli() -> None:
 @HOST_OPTION
 @INVENTORY_OPTION
 def start_cmd(user: str, gpu: bool, host: str | None, inventory: str | None) -> None:
-    """Start USER's runtime; prints where it is and when it stops."""
+    """Start USER's runtime on her home host; prints where it is and when it stops."""
     inv = _inventory(inventory)
-    target = _single(run_module({"user": user, "gpu": gpu, "state": "started"}, inventory=inv, hosts=host or "all"))
+    where = _find_host(user, inv, host)
+    target = _single(run_module({"user": user, "gpu": gpu, "state": "started"}, inventory=inv, hosts=where))
     if not target.result.get("changed"):
         s = target.result.get("session") or {}
         click.echo(f"labctl: {user} already has a {s.get('kind')} runtime on {target.host}; stop it first", err=True)
@@ -215,7 +209,7 @@ def token_cmd(user: str, host: str | None, inventory: str | None) -> None:
 
 
 @cli.command("list")
-@HOST_OPTION
+@HOSTS_OPTION
 @INVENTORY_OPTION
 @output.output_options()
 def list_cmd(host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002 - the option's name
@@ -262,7 +256,7 @@ def usage_rows(results: dict[str, HostResult]) -> list[dict[str, Any]]:
 
 @click.command("usage")
 @click.option("--since", metavar="WHEN", help="ISO date/time or a duration back from now (7d); default all time.")
-@HOST_OPTION
+@HOSTS_OPTION
 @INVENTORY_OPTION
 @output.output_options()
 def usage(since: str | None, host: str | None, inventory: str | None, output: str | None) -> None:  # noqa: A002

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import click
 
-from metalab.labctl import config, output
+from metalab.labctl import config, layout, output
 from metalab.labctl.inventory import (
     UsersError,
     _move_trailing_comment,
@@ -70,16 +70,26 @@ def pending_request(name: str, inventory: str, host: str | None) -> dict[str, An
     raise UsersError(f"{where}: no pending sign-up request for {name!r} (see `labctl users requests`); nothing changed")
 
 
-def add_with_email(inventory: Path, name: str, quota: str | None, gpu: bool, email: str) -> tuple[Any, bool]:
-    """Add NAME (with her e-mail) to lab_users, comments kept; (document, added). An entry that approve wrote
-    before (same name and e-mail, present) is kept as it is: approve is run again after a failed provisioning."""
+def add_with_email(
+    inventory: Path, name: str, quota: str | None, gpu: bool, email: str, home: str | None = None
+) -> tuple[Any, bool]:
+    """Add NAME (with her e-mail and, in a lab of several hosts, her home host) to lab_users, comments kept;
+    (document, added). An entry that approve wrote before (same name and e-mail, present) is kept as it is:
+    approve is run again after a failed provisioning."""
     doc = locate(inventory)
     users = list(doc.users) if doc.users is not None else []
     same = [u for u in users if isinstance(u, Mapping) and u.get("name") == name]
     if same and same[0].get("email") == email and same[0].get("state", "present") == "present":
         return doc, False
+    # In a lab of several hosts she gets a home host as `users add` gives one (most quota headroom).
+    try:
+        (placed,), notes = layout.home_hosts_for(inventory, [(name, quota, gpu, home)])
+    except layout.LayoutError as exc:  # approve's --host names where the requests are; her home host is --home
+        raise UsersError(str(exc).replace("give --host", "give --home HOST")) from None
+    for note in notes:
+        click.echo(f"placed {note}", err=True)
     like = users[-1] if users else None
-    entry = _new_entry(name, quota, gpu, like)
+    entry = _new_entry(name, quota, gpu, like, placed[3])
     entry["email"] = email
     errors = validate(plain(users + [entry]) or [], **_validator_settings(doc))
     if errors:
@@ -131,17 +141,29 @@ def register(users: click.Group) -> None:
         "--quota", metavar="SIZE", help="Hard limit of her home, e.g. 15G (default: lab_users_default_quota)."
     )
     @click.option("--gpu", is_flag=True, help="May start GPU runtimes.")
+    @click.option(
+        "--home",
+        metavar="HOST",
+        help="Her home host in a lab of several hosts (default: placed as `users add` does, most quota headroom).",
+    )
     @HOST_OPTION
     @INVENTORY_OPTION
     @PLAIN_OPTION
     @click.option("--json", "as_json", is_flag=True, help="Print {user, email, url, expires, mailed} as JSON.")
     def approve_cmd(
-        name: str, quota: str | None, gpu: bool, host: str | None, inventory: str | None, plain: bool, as_json: bool
+        name: str,
+        quota: str | None,
+        gpu: bool,
+        home: str | None,
+        host: str | None,
+        inventory: str | None,
+        plain: bool,
+        as_json: bool,
     ) -> None:
         """Approve NAME's sign-up request: add her to lab_users, provision her, mail (or print) her enrollment link."""
         inv = config.require_inventory(inventory)
         request = pending_request(name, str(inv), host)
-        doc, added = add_with_email(inv, name, quota, gpu, str(request.get("email", "")))
+        doc, added = add_with_email(inv, name, quota, gpu, str(request.get("email", "")), home)
         if added:
             click.echo(f"added {name} <{request.get('email')}> to lab_users in {_rel(doc.path)}", err=True)
         else:

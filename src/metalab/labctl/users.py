@@ -15,16 +15,17 @@ from typing import Any
 
 import click
 
-from metalab.labctl import config, output, runner
+from metalab.labctl import config, layout, output, runner
 from metalab.labctl.backup import restore_cmd as backup_restore_cmd
 from metalab.labctl.inventory import UsersError, add_users, locate, plain, remove_user, set_user
+from metalab.labctl.move import cli as move_cmd
 
 TRUE = {"true", "yes", "y", "1", "on"}
 FALSE = {"false", "no", "n", "0", "off", ""}
 
 
-def read_roster(path: Path) -> list[tuple[str, str | None, bool]]:
-    """A class roster: CSV with a header row, columns name (required), quota, gpu."""
+def read_roster(path: Path) -> list[tuple[str, str | None, bool, str | None]]:
+    """A class roster: CSV with a header row, columns name (required), quota, gpu, host (her home host)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
@@ -33,9 +34,9 @@ def read_roster(path: Path) -> list[tuple[str, str | None, bool]]:
     columns = [c.strip().lower() for c in reader.fieldnames or []]
     if "name" not in columns:
         raise UsersError(f"{path}: the first row must name the columns: name,quota,gpu")
-    unknown = sorted(set(columns) - {"name", "quota", "gpu"})
+    unknown = sorted(set(columns) - {"name", "quota", "gpu", "host"})
     if unknown:
-        raise UsersError(f"{path}: unknown column(s) {', '.join(unknown)} (allowed: name, quota, gpu)")
+        raise UsersError(f"{path}: unknown column(s) {', '.join(unknown)} (allowed: name, quota, gpu, host)")
     rows = []
     for line, row in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
@@ -44,7 +45,7 @@ def read_roster(path: Path) -> list[tuple[str, str | None, bool]]:
         gpu = row.get("gpu", "").lower()
         if gpu not in TRUE | FALSE:
             raise UsersError(f"{path}:{line}: gpu must be true or false, got {row.get('gpu')!r} (nothing written)")
-        rows.append((row["name"], row.get("quota") or None, gpu in TRUE))
+        rows.append((row["name"], row.get("quota") or None, gpu in TRUE, row.get("host") or None))
     if not rows:
         raise UsersError(f"{path}: no users in the roster")
     return rows
@@ -89,7 +90,15 @@ def cli() -> None:
 @click.argument("name", required=False)
 @click.option("--quota", metavar="SIZE", help="Hard limit of the home, e.g. 15G (default: lab_users_default_quota).")
 @click.option("--gpu", is_flag=True, help="May start GPU runtimes.")
-@click.option("--csv", "roster", type=click.Path(path_type=Path), help="Add every row of a roster (name,quota,gpu).")
+@click.option(
+    "--csv", "roster", type=click.Path(path_type=Path), help="Add every row of a roster (name,quota,gpu[,host])."
+)
+@click.option(
+    "--host",
+    metavar="HOST",
+    help="Her home host (a lab host). Default in a lab of several hosts: the one with the most quota headroom that "
+    "can run what she may start (a host of gpu_hosts with --gpu).",
+)
 @INVENTORY_OPTION
 @APPLY_OPTION
 @PLAIN_OPTION
@@ -98,17 +107,21 @@ def add_cmd(
     quota: str | None,
     gpu: bool,
     roster: Path | None,
+    host: str | None,
     inventory: str | None,
     apply: bool,
     plain: bool,
 ) -> None:
-    """Add lab user NAME, or every user of a class roster (--csv)."""
+    """Add lab user NAME, or every user of a class roster (--csv); in a lab of several hosts, on a home host."""
     if bool(name) == bool(roster):
         raise click.UsageError("give either NAME or --csv ROSTER")
-    if roster and (quota or gpu):
-        raise click.UsageError("--quota and --gpu go in the roster's columns with --csv")
+    if roster and (quota or gpu or host):
+        raise click.UsageError("--quota, --gpu and --host go in the roster's columns with --csv")
     inv = config.require_inventory(inventory)
-    entries = read_roster(roster) if roster else [(str(name), quota, gpu)]
+    entries = read_roster(roster) if roster else [(str(name), quota, gpu, host)]
+    entries, notes = layout.home_hosts_for(inv, entries)
+    for note in notes:
+        click.echo(f"placed {note}")
     doc = add_users(inv, entries)
     names = ", ".join(e[0] for e in entries)
     click.echo(f"added {names} to lab_users in {_rel(doc.path)}")
@@ -209,6 +222,8 @@ def set_cmd(name: str, quota: str | None, gpu: bool | None, inventory: str | Non
     if quota is None and gpu is None:
         raise click.UsageError("nothing to change: give --quota SIZE and/or --gpu/--no-gpu")
     inv = config.require_inventory(inventory)
+    if gpu:
+        layout.check_gpu_home(inv, name)
     doc, changed = set_user(inv, name, quota, gpu)
     if changed:
         click.echo(f"{name}: {', '.join(changed)} in {_rel(doc.path)}")
@@ -300,12 +315,14 @@ def _broker_exit(results: dict[str, BrokerResult]) -> None:
 
 
 HOST_OPTION = click.option("--host", metavar="HOST", help="Lab host (pattern); default: every host of the inventory.")
+# Commands about one user act on her home host (metalab.labctl.layout), once.
+USER_HOST_OPTION = click.option("--host", metavar="HOST", help="Lab host; default: NAME's home host.")
 
 
 @cli.command("passwd")
 @click.argument("name")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read the password from the first line of stdin.")
-@HOST_OPTION
+@USER_HOST_OPTION
 @INVENTORY_OPTION
 def passwd_cmd(name: str, from_stdin: bool, host: str | None, inventory: str | None) -> None:
     """Set lab user NAME's portal password (metalab-broker passwd on the lab hosts; ends NAME's portal sessions)."""
@@ -318,7 +335,8 @@ def passwd_cmd(name: str, from_stdin: bool, host: str | None, inventory: str | N
     if not password:
         raise click.UsageError("empty password; nothing changed")
     inv = str(config.require_inventory(inventory))
-    results = run_broker(["passwd", name, "--stdin"], inventory=inv, hosts=host or "all", stdin=password + "\n")
+    where = layout.target(name, inv, host)
+    results = run_broker(["passwd", name, "--stdin"], inventory=inv, hosts=where, stdin=password + "\n")
     _broker_exit(results)
     click.echo(f"portal password of {name} set on {', '.join(sorted(results))}")
 
@@ -328,7 +346,7 @@ def passwd_cmd(name: str, from_stdin: bool, host: str | None, inventory: str | N
 @click.option("--ttl", metavar="DURATION", help="How long the link is valid (default: the broker's, 72h).")
 @click.option("--base-url", metavar="URL", help="The portal's URL (default: https://<the host's address>).")
 @click.option("--json", "as_json", is_flag=True, help="Print {user, url, expires} as JSON.")
-@HOST_OPTION
+@USER_HOST_OPTION
 @INVENTORY_OPTION
 def enroll_cmd(
     name: str, ttl: str | None, base_url: str | None, as_json: bool, host: str | None, inventory: str | None
@@ -336,9 +354,8 @@ def enroll_cmd(
     """Print a one-time link with which lab user NAME sets a portal password (single use; a new one replaces it)."""
     inv = str(config.require_inventory(inventory))
     args = ["enroll", name, "--json"] + (["--ttl", ttl] if ttl else [])
-    results = run_broker(
-        args, inventory=inv, hosts=host or "all", single_host=True, base_url=base_url, wants_base_url=True
-    )
+    where = layout.target(name, inv, host)
+    results = run_broker(args, inventory=inv, hosts=where, single_host=True, base_url=base_url, wants_base_url=True)
     _broker_exit(results)
     result = next(iter(results.values()))
     try:
@@ -355,3 +372,5 @@ def enroll_cmd(
 
 # `labctl users restore`: from the lab hosts' backups (metalab.labctl.backup runs metalab-backup there).
 cli.add_command(backup_restore_cmd)
+# `labctl users move`: a home to another lab host (metalab.labctl.move).
+cli.add_command(move_cmd)

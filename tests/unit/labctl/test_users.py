@@ -46,8 +46,9 @@ def test_add_keeps_comments_order_and_quoting(inventory: Path) -> None:
     assert "added zoe" in out
     removed, added = changes(before, inventory.read_text())
     assert removed == []
-    # The last entry is in flow style: the new one follows it.
-    assert added == ["      - {name: zoe, quota: 12G, gpu: true}"]
+    # The last entry is in flow style: the new one follows it, on the lab's only GPU host (placed, and said so).
+    assert added == ["      - {name: zoe, quota: 12G, gpu: true, host: gpu1.example.org}"]
+    assert "placed zoe -> gpu1.example.org: the most quota headroom among the hosts for a GPU user" in out
 
 
 def test_add_block_style_keeps_the_comment_that_follows_the_list(tmp_path: Path) -> None:
@@ -108,11 +109,15 @@ def test_roster(inventory: Path) -> None:
     assert code == 0, out
     removed, added = changes(before, inventory.read_text())
     assert removed == []
+    # Placed in turn, each said so: dave on the only GPU host; erin (15G by default) on lab2, the emptiest; then
+    # lab1 and lab2 have the same headroom (1T - 15G) and frank goes to the first by name.
     assert added == [
-        "      - {name: dave, quota: 20G, gpu: true}",
-        "      - {name: erin, gpu: false}",
-        "      - {name: frank, quota: 5G, gpu: false}",
+        "      - {name: dave, quota: 20G, gpu: true, host: gpu1.example.org}",
+        "      - {name: erin, gpu: false, host: lab2.example.org}",
+        "      - {name: frank, quota: 5G, gpu: false, host: lab1.example.org}",
     ]
+    assert "placed erin -> lab2.example.org: the most quota headroom among the hosts for a CPU user" in out
+    assert "a tie, broken by name" in out.split("placed frank", 1)[1].splitlines()[0]
 
 
 def test_roster_with_one_bad_row_writes_nothing(inventory: Path, tmp_path: Path) -> None:

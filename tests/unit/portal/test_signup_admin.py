@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from metalab.host.broker import cli as broker_cli
 from metalab.host.broker import mail
+from metalab.labctl import layout
 from metalab.labctl import signup as labctl_signup
 from metalab.labctl.cli import cli
 from metalab.labctl.users import BrokerResult
@@ -108,6 +109,8 @@ def make_lab(env: LabEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relay
     lab = Lab(env, tmp_path, relay)
     monkeypatch.setattr(labctl_signup, "HOST_CALL", lab.host_call)
     monkeypatch.setattr(labctl_signup, "provision", lab.provision)
+    # Placement reads the homes volumes' sizes on the hosts: here every host has 1 TiB.
+    monkeypatch.setattr(layout, "SIZES", lambda inventory, hosts: {h: 1024**4 for h in hosts})
     monkeypatch.setenv("METALAB_CONFIG", str(tmp_path / "none.toml"))
     monkeypatch.delenv("METALAB_OUTPUT", raising=False)
     return lab
@@ -135,7 +138,9 @@ def test_request_approve_mail_enroll_login(
     assert "her enrollment link went to dora@example.org" in out
     after = lab.inventory.read_text()
     assert after.startswith(before.split("    # Session limits")[0])  # comments and entries kept
-    assert "{name: dora, quota: 12G, gpu: false, email: dora@example.org}" in after
+    # A lab of three hosts: she is placed on the one with the most quota headroom (lab2 holds no quota yet).
+    assert "{name: dora, quota: 12G, gpu: false, host: lab2.example.org, email: dora@example.org}" in after
+    assert "placed dora -> lab2.example.org: the most quota headroom" in out, out
     assert lab.provisioned == ["dora"]
     # The mail: to her, with a link to this lab's portal.
     [(rcpt, msg)] = inbox.messages
@@ -159,6 +164,7 @@ def test_without_a_relay_approve_prints_the_link(env: LabEnv, tmp_path: Path, mo
     code, out = lab.labctl("users", "approve", "emil", "--gpu")
     assert code == 0, out
     assert LINK.search(out) and "give her this enrollment link" in out
+    assert "host: gpu1.example.org, email: emil@example.org}" in lab.inventory.read_text()  # the one GPU host
 
 
 @pytest.mark.parametrize(
@@ -167,6 +173,8 @@ def test_without_a_relay_approve_prints_the_link(env: LabEnv, tmp_path: Path, mo
         ("zed", [], "no pending sign-up request for 'zed'"),
         ("dora", ["--quota", "12GG"], "invalid quota"),
         ("bob", [], "duplicate name"),  # taken in the inventory (a request made before she was added)
+        ("dora", ["--home", "nosuch.example.org"], "is not a lab host"),
+        ("dora", ["--gpu", "--home", "lab1.example.org"], "is not in the group gpu_hosts"),
     ],
 )
 def test_bad_approvals_change_nothing(

@@ -40,6 +40,7 @@ def test_the_fact_every_role_reads() -> None:
         "uid": None,
         "comment": "",
         "email": None,
+        "host": None,
     }
     assert (bob["quota_bytes"], bob["gpu"], bob["login"]) == (15 * GiB, True, "lab-bob")
     assert carol["state"] == "absent"

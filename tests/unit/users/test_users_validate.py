@@ -30,6 +30,7 @@ def test_valid_list_normalised():
         "uid": None,
         "comment": "",
         "email": None,
+        "host": None,
     }
     assert bob["state"] == "absent" and bob["quota"] == "15G"  # default quota
     assert carol["uid"] == 30000 and carol["gpu"] is False

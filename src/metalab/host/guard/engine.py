@@ -53,6 +53,10 @@ class EngineError(Exception):
     """The container engine failed; the message includes its error output."""
 
 
+class NameInUse(EngineError):
+    """``podman run`` refused: a container of that name exists already."""
+
+
 @dataclass(frozen=True)
 class ContainerSpec:
     name: str
@@ -180,6 +184,8 @@ class PodmanEngine:
     def start(self, spec: ContainerSpec) -> str:
         res = self._run(self.run_argv(spec), timeout=300.0)
         if res.returncode != 0:
+            if "is already in use" in res.stderr:
+                raise NameInUse(f"podman run {spec.name}: {res.stderr.strip()[-500:]}")
             raise EngineError(f"podman run {spec.name} failed ({res.returncode}): {res.stderr.strip()[-500:]}")
         return res.stdout.strip()
 

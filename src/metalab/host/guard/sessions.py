@@ -34,7 +34,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from metalab.host.guard import drain, files, idle, runtime_status
 from metalab.host.guard.config import Config, User
-from metalab.host.guard.engine import ContainerInfo, ContainerSpec, EngineError, PodmanEngine, container_name
+from metalab.host.guard.engine import (
+    ContainerInfo,
+    ContainerSpec,
+    EngineError,
+    NameInUse,
+    PodmanEngine,
+    container_name,
+)
 from metalab.host.guard.ledger import Ledger, LedgerError, Runtime
 from metalab.host.guard.lock import GuardLock
 from metalab.host.guard.policy import (
@@ -300,8 +307,9 @@ class Lab:
             if draining is not None:
                 raise Refused(drain.refusal(self.config.host, draining))
             now = time.time() if now is None else now
-            report = RunReport()
-            self.reconcile(now, report)  # frees GPUs of crashed runtimes; errors there are retried by the guard
+            if self._start_needs_reconcile(user, kind):
+                # Frees her crashed or half-stopped runtime and GPUs of crashed ones; errors are retried by the guard.
+                self.reconcile(now, RunReport())
             row = self._reserve(user, kind, now, start_lock)
         finally:
             self.lock.release()
@@ -309,6 +317,15 @@ class Lab:
             return self._launch(user, row, now)
         finally:
             start_lock.release()
+
+    def _start_needs_reconcile(self, user: User, kind: str) -> bool:
+        """Whether reconciling first could change this start's outcome: she has an open row (a crashed runtime, a stop
+        or start killed midway) or it needs a GPU and none is free (one may belong to a crashed runtime). Otherwise
+        the start skips it and its ``podman ps`` (docs/performance.md); the guard run reconciles every minute, and a
+        leftover container of her name without an open row is removed by ``_launch``."""
+        if self.ledger.open_for_user(user.name) is not None:
+            return True
+        return kind == "gpu" and not self.free_gpus()
 
     def free_gpus(self, open_rows: Optional[List[Runtime]] = None) -> List[int]:
         rows = self.ledger.open_runtimes() if open_rows is None else open_rows
@@ -383,7 +400,15 @@ class Lab:
                 session=row.id,
                 env_file=env_file,
             )
-            container_id = self.engine.start(spec)
+            try:
+                container_id = self.engine.start(spec)
+            except NameInUse:
+                # A container of her name that no open row owns (hers is the only open row: checked under the guard
+                # lock, and her start lock is ours): an orphan the guard run would remove. Remove it, start once more.
+                log.warning("removing container %s before starting %s's runtime: no open ledger row", name, user.name)
+                self.engine.stop(name)
+                self.ledger.record_event(now, None, user.name, "orphan-removed", self.actor, container=name)
+                container_id = self.engine.start(spec)
         except (EngineError, files.FileError, OSError) as exc:
             try:
                 self.engine.remove(name)

@@ -48,7 +48,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_new(path: str, data: bytes) -> None:
+def write_new(path: str, data: bytes) -> None:
     with open(path, "xb") as out:
         out.write(data)
         out.flush()
@@ -81,7 +81,7 @@ def export(
             manifest_path = tree.check_home_path(manifest_path, "--manifest")
             if os.path.lexists(manifest_path):
                 raise HomesError(f"{manifest_path} exists; it is never overwritten", "refused")
-            _write_new(manifest_path, _dump(manifest))
+            write_new(manifest_path, _dump(manifest))
         sha = _run_tar(cmd, stdout) if stdout is not None else ""
         return {"home": home, "manifest": manifest_path, "archive_sha256": sha, "totals": manifest["totals"]}
     to = tree.check_home_path(to, "--to")
@@ -102,10 +102,10 @@ def export(
         out.flush()
         os.fsync(out.fileno())
     data = _dump(manifest)
-    _write_new(files["manifest"] + ".part", data)
+    write_new(files["manifest"] + ".part", data)
     names = {k: os.path.basename(v) for k, v in files.items()}
     sums = f"{sha}  {names['tar']}\n{hashlib.sha256(data).hexdigest()}  {names['manifest']}\n"
-    _write_new(files["sha256"] + ".part", sums.encode())
+    write_new(files["sha256"] + ".part", sums.encode())
     for key in ("manifest", "sha256", "tar"):
         os.rename(files[key] + ".part", files[key])
     _fsync_dir(directory)

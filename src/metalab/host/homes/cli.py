@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -41,6 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--uid-map", action="append", default=[], metavar="OLD:NEW")
     p.add_argument("--gid-map", action="append", default=[], metavar="OLD:NEW")
+    p = sub.add_parser("ledger-export", parents=[common], help="USER's ended guard ledger rows as JSON (a move)")
+    p.add_argument("user")
+    p.add_argument("--ledger", required=True)
+    p.add_argument("--to", required=True, help="FILE.json (never overwritten)")
+    p.add_argument("--source", required=True, help="this host's inventory name")
+    p.add_argument("--move-id", required=True)
+    p = sub.add_parser("ledger-import", parents=[common], help="rows of ledger-export into this host's ledger, once")
+    p.add_argument("rows")
+    p.add_argument("--ledger", required=True)
+    p = sub.add_parser("ledger-forget", parents=[common], help="remove the rows of ledger-export from this ledger")
+    p.add_argument("rows")
+    p.add_argument("--ledger", required=True)
+    p = sub.add_parser("prepare-target", parents=[common], help="empty a fresh account's home (skel copies only)")
+    p.add_argument("home")
+    p.add_argument("--manifest", required=True, help="a home that already matches it is left as it is")
+    p.add_argument("--uid", type=int, required=True)
+    p.add_argument("--gid", type=int, required=True)
+    p.add_argument("--skel", default="/etc/skel")
     return parser
 
 
@@ -74,6 +93,36 @@ def dispatch(args: argparse.Namespace) -> Any:
         if diffs:
             raise HomesError(f"{args.home} differs from the manifest ({len(diffs)} differences)", details=diffs)
         return {"home": args.home, "differences": []}
+    if args.command.startswith("ledger-") or args.command == "prepare-target":
+        return _moving(args)
+    raise HomesError(f"unknown command {args.command}", "bad-input")
+
+
+def _moving(args: argparse.Namespace) -> Any:
+    from metalab.host.homes import moving
+
+    if args.command == "ledger-export":
+        to = tree.check_home_path(args.to, "--to")
+        data = moving.ledger_export(args.ledger, args.user, args.source, args.move_id)
+        if not os.path.lexists(to):
+            archive.write_new(to, (json.dumps(data, sort_keys=True, indent=1) + "\n").encode())
+        else:
+            data = moving.load_rows(to)  # an earlier run's export (rows it listed may be gone from here since)
+        return {"rows": to, "runtimes": len(data["runtimes"]), "events": len(data["events"])}
+    if args.command == "prepare-target":
+        home = tree.check_home_path(args.home)
+        if os.path.isdir(home) and not os.path.islink(home) and os.listdir(home):
+            manifest = archive.load_manifest(tree.check_home_path(args.manifest, "--manifest"))
+            if not archive.verify(home, manifest, {manifest["uid"]: args.uid}, {manifest["gid"]: args.gid}):
+                return {"home": home, "state": "imported"}
+        return moving.prepare_target(home, args.skel)
+    data = moving.load_rows(args.rows)
+    if args.command == "ledger-import":
+        result = moving.ledger_import(args.ledger, data)
+        return dict(result, user_rows=moving.ledger_count(args.ledger, data["user"]))
+    if args.command == "ledger-forget":
+        result = moving.ledger_forget(args.ledger, data)
+        return dict(result, user_rows=moving.ledger_count(args.ledger, data["user"]))
     raise HomesError(f"unknown command {args.command}", "bad-input")
 
 
