@@ -22,7 +22,10 @@ options:
     description:
       - The entries. Each is a dict with C(path) (absolute) and C(state).
       - C(state=file) (the default) writes C(content) (text) with C(owner), C(group) (default C(root)) and
-        C(mode) (default C(0644)).
+        C(mode) (default C(0644)). With C(validate) (a command with C(%s), like M(ansible.builtin.template)'s),
+        new content is written to a temporary file beside C(path), the command runs on it, and the file is
+        installed only when the command succeeds; otherwise the task fails naming the path and C(path) keeps its
+        old content. The command is not run when the content is unchanged, nor in check mode.
       - C(state=directory) creates the directory (parents too) with C(owner), C(group) and C(mode) (default
         C(0755)).
       - C(state=absent) removes a file or a symbolic link; a directory is never removed.
@@ -69,7 +72,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 STATES = ("file", "directory", "absent", "line")
 KEYS = {
-    "file": {"content", "owner", "group", "mode"},
+    "file": {"content", "owner", "group", "mode", "validate"},
     "directory": {"owner", "group", "mode"},
     "absent": set(),
     "line": {"line", "regexp", "insertafter", "insertbefore"},
@@ -137,6 +140,11 @@ def validate(entries):
             if not isinstance(content, str):
                 raise EntryError(f"{where}: content (text) is required with state=file")
             norm["content"] = content
+            check = entry.get("validate")
+            if check not in (None, ""):
+                if not isinstance(check, str) or "%s" not in check:
+                    raise EntryError(f"{where}: validate must be a command with %s (the new file), not {check!r}")
+                norm["validate"] = check
         if state == "line":
             line = entry.get("line")
             if not isinstance(line, str) or "\n" in line:
@@ -199,14 +207,20 @@ def _read(path):
         return fh.read().decode("utf-8", errors="surrogateescape")
 
 
-def _write(module, path, text):
+def _write(module, path, text, check=None):
+    """Write text to path atomically; with check (a command with %s), only when the command accepts the new file."""
     directory = os.path.dirname(path)
+    # No suffix: a directory read by glob (sshd_config.d/*.conf, cron.d) never picks the temporary file up.
     fd, tmp = tempfile.mkstemp(prefix=".metalab-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(text.encode("utf-8", errors="surrogateescape"))
             fh.flush()
             os.fsync(fh.fileno())
+        if check is not None:
+            rc, out, err = module.run_command(check % tmp)
+            if rc != 0:
+                module.fail_json(msg=f"{path}: the new content failed validation (rc {rc}): {err or out}".strip())
         module.atomic_move(tmp, path, unsafe_writes=False)
     finally:
         if os.path.exists(tmp):
@@ -261,7 +275,7 @@ def apply(module, entries):
                 diffs.append({"before_header": path, "after_header": path, "before": before, "after": entry["content"]})
                 changed = True
                 if not module.check_mode:
-                    _write(module, path, entry["content"])
+                    _write(module, path, entry["content"], entry.get("validate"))
             if os.path.exists(path):
                 changed = _attrs(module, entry, changed)
         else:  # line

@@ -99,10 +99,15 @@ def test_sshd_dropin(unset, tmp_path):
 
 
 def test_sysctls_apply_only_what_differs_and_exists():
+    # sshd.yml's one probe prints sshd's ports, the current sysctls and whether /proc/sys is writable.
     current = ["kernel.dmesg_restrict = 0", "kernel.kptr_restrict = 2", "fs.suid_dumpable = 1"]
-    applied = render("{{ __base_sysctl_apply }}", __base_sysctl_now={"stdout_lines": current})
+    probe = {"stdout_lines": ["port 22", *("sysctl " + line for line in current), "procsys writable"]}
+    applied = render("{{ __base_sysctl_apply }}", __base_sshd_probe=probe)
     assert applied == ["kernel.dmesg_restrict=1", "fs.suid_dumpable=0"]  # yama etc. missing here: not applied
-    assert render("{{ __base_sysctl_apply }}", __base_sysctl_now={"stdout_lines": []}) == []
+    assert render("{{ __base_proc_sys_writable }}", __base_sshd_probe=probe) is True
+    read_only = {"stdout_lines": ["port 22", *("sysctl " + line for line in current)]}
+    assert render("{{ __base_proc_sys_writable }}", __base_sshd_probe=read_only) is False
+    assert render("{{ __base_sysctl_apply }}", __base_sshd_probe={"stdout_lines": ["port 22"]}) == []
 
 
 def test_sysctl_file_marks_optional_keys():

@@ -158,6 +158,7 @@ def test_line_in_a_missing_file_fails(run, tmp_path):
         ({"path": "/etc/x", "state": "line", "line": "a", "regexp": "("}, "not a regular expression"),
         ({"path": "/etc/x", "state": "line", "line": "a", "insertafter": "x", "insertbefore": "y"}, "not both"),
         ({"path": "/etc/x", "content": "", "only_if": "maybe"}, "only_if must be true or false"),
+        ({"path": "/etc/x", "content": "", "validate": "true"}, "validate must be a command with %s"),
     ],
 )
 def test_bad_entries_are_refused_by_name_before_any_change(run, tmp_path, entry, message):
@@ -167,6 +168,28 @@ def test_bad_entries_are_refused_by_name_before_any_change(run, tmp_path, entry,
     assert message in out.result["msg"]
     assert out.result["msg"].startswith("files[1]")
     assert not (tmp_path / "first.conf").exists(), "an earlier entry was written before the bad one was seen"
+
+
+def test_validate_installs_only_content_the_command_accepts(run, tmp_path):
+    """validate (like template's): the command sees the new content beside the file, a refusal keeps the old one."""
+    conf = tmp_path / "app.conf"
+    # The check accepts files whose first line is "ok" and records which file it was shown.
+    check = f"/bin/sh -c 'echo $1 >> {tmp_path}/seen; head -n1 $1 | grep -qx ok' sh %s"
+    good = {"path": str(conf), "content": "ok\nsetting = 1\n", "validate": check, **ME}
+    first = run([good])
+    assert not first.failed, first.result
+    assert conf.read_text() == "ok\nsetting = 1\n"
+    shown = (tmp_path / "seen").read_text().split()
+    assert len(shown) == 1 and os.path.dirname(shown[0]) == str(tmp_path) and shown[0] != str(conf)
+
+    again = run([good])
+    assert again.result["changed"] is False
+    assert len((tmp_path / "seen").read_text().split()) == 1, "validate ran although nothing changed"
+
+    bad = run([dict(good, content="broken\n")])
+    assert bad.failed and str(conf) in bad.result["msg"] and "validation" in bad.result["msg"]
+    assert conf.read_text() == "ok\nsetting = 1\n", "refused content was installed"
+    assert not list(tmp_path.glob(".metalab-*")), "temporary file left behind"
 
 
 def test_duplicate_paths_are_refused(run, tmp_path):

@@ -68,7 +68,9 @@ PLAYBOOK = (
             tasks_from: preflight
         - name: Report
           ansible.builtin.set_fact:
-            report: {passed: true, asked_podman: "{{ __session_limits_podman_version is not skipped }}"}
+            report:
+              passed: true
+              asked_podman: "{{ __session_limits_podman_version | default({'skipped': true}) is not skipped }}"
       rescue:
         - name: Report the failure
           ansible.builtin.set_fact:
