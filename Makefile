@@ -84,8 +84,28 @@ unit: venv
 sandbox-tests: deps venv
 	$(WITH_MITOGEN) pytest -q tests/sandbox
 
+# The scenarios in SCENARIOS_ALONGSIDE (the VM one: qemu keeps one core busy, while an nspawn scenario's hosts mostly
+# wait) run in the background next to the last of the others, their output printed when they end; the others run one
+# after the other. Every scenario started is waited for, so no sandbox outlives this target's end.
+SCENARIOS_ALONGSIDE ?= metal
 molecule: deps venv forget-installed-collection
-	$(WITH_MITOGEN) for scenario in $(SCENARIOS); do molecule test -s $$scenario || exit 1; done
+	$(WITH_MITOGEN) front="$(filter-out $(SCENARIOS_ALONGSIDE),$(SCENARIOS))"; back="$(filter $(SCENARIOS_ALONGSIDE),$(SCENARIOS))"; \
+	last=$${front##* }; logs=$(METALAB_CACHE)/logs; mkdir -p $$logs; rc=0; pids=""; \
+	for scenario in $$front; do \
+		if [ "$$scenario" = "$$last" ]; then \
+			for other in $$back; do \
+				echo "molecule: $$other runs alongside $$last (output: $$logs/molecule-$$other.log, shown when it ends)"; \
+				molecule test -s $$other > $$logs/molecule-$$other.log 2>&1 & pids="$$pids $$!:$$other"; \
+			done; back=""; \
+		fi; \
+		molecule test -s $$scenario || { rc=1; break; }; \
+	done; \
+	for other in $$back; do [ $$rc -ne 0 ] || molecule test -s $$other || rc=1; done; \
+	for entry in $$pids; do \
+		wait $${entry%%:*} && status=passed || { status=FAILED; rc=1; }; \
+		echo "=== molecule $${entry#*:} (ran alongside): $$status; its output:"; cat $$logs/molecule-$${entry#*:}.log; \
+	done; \
+	exit $$rc
 
 # The browser tests (Playwright + Debian's chromium) run in the default scenario's verify step,
 # against the lab host that scenario converged: this target runs just that scenario.
