@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -21,21 +21,7 @@ def echo_server() -> Iterator[Tuple[int, List[bytes]]]:
     """A loopback TCP server that echoes each connection and records everything it received (after EOF)."""
     server = socket.create_server(("127.0.0.1", 0))
     received: List[bytes] = []
-
-    def serve() -> None:
-        with server:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while chunk := conn.recv(65536):
-                    data += chunk
-                    conn.sendall(chunk)
-                received.append(data)
-
-    thread = threading.Thread(target=serve, daemon=True)
+    thread = threading.Thread(target=_echo_once, args=(server, received), daemon=True)
     thread.start()
     yield server.getsockname()[1], received
     server.close()
@@ -107,15 +93,20 @@ def test_no_added_delay_with_zero_rtt():
     assert delayed - zero >= 0.2, (zero, delayed)
 
 
-def _echo_once(server: socket.socket) -> None:
+def _echo_once(server: socket.socket, received: Optional[List[bytes]] = None) -> None:
+    """Echo one connection; what it received (after EOF) goes to ``received``."""
     with server:
         try:
             conn, _ = server.accept()
         except OSError:
             return
         with conn:
+            data = b""
             while chunk := conn.recv(65536):
+                data += chunk
                 conn.sendall(chunk)
+            if received is not None:
+                received.append(data)
 
 
 def test_unreachable_host_fails_like_ssh_with_the_address():

@@ -4,35 +4,16 @@ and ratios it reports, and the controller's client against a stand-in JupyterLab
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"metalab_bench_{name}", BENCH / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def run():
-    return load("run")
-
-
-@pytest.fixture(scope="module")
-def rb():
-    return load("route_bench")
+def rb(load_bench):
+    return load_bench("route_bench")
 
 
 # -- arguments ----------------------------------------------------------------------------------------------------

@@ -2,34 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks"
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(f"metalab_bench_{name}", BENCH / f"{name}.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def run():
-    return load("run")
-
-
-@pytest.fixture(scope="module")
-def host():
-    return load("start_bench")
+def host(load_bench):
+    return load_bench("start_bench")
 
 
 def test_percentile_is_a_measured_value(run):
