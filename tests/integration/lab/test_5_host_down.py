@@ -15,9 +15,8 @@ from conftest import DOOR, LAB1, LAB2, Lab, PortalClient, wait_for
 def lab_answers(lab: Lab, home: str, user: str) -> bool:
     """USER's JupyterLab answers an API request with her token through the front door's address."""
     token = lab.sh(home, f"metalab-guard token {user}").strip()
-    url = f"{lab.base_url}/user/{user}/api/status"
-    client = PortalClient(lab.base_url)
-    return client.get(url[len(lab.base_url) :], headers={"Authorization": f"token {token}"}).status == 200
+    answer = PortalClient(lab.base_url).get(f"/user/{user}/api/status", headers={"Authorization": f"token {token}"})
+    return answer.status == 200
 
 
 def listening(record: dict) -> bool:
