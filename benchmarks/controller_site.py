@@ -6,6 +6,10 @@ both checkouts' site.yml, e.g. a `labctl sandbox` and a `git archive` of the com
     python benchmarks/controller_site.py --inventory INV [-e @VARS] [--repeat 2] [--output FILE] \
         before=/tmp/old-checkout after=.
 
+A checkout may bring its own host, converged with its own site.yml, when the two checkouts' roles differ in what
+they write (a rerun of one on the other's host would change files): `before=/tmp/old-checkout@/tmp/other-inv.yml`.
+The hosts must be alike (same settings, same number).
+
 Each round runs every checkout's `site.yml` once, in the order given (drifting load from elsewhere on the machine
 hits them alike); then one more run of each, not timed, through the recording ssh wrapper of benchmarks/run.py
 (SSH sessions per host). Every run must report changed=0. Controller CPU = rusage of ansible-playbook and its
@@ -66,18 +70,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--output", default=str(bench.BENCH / "results" / "controller-site.json"))
     parser.add_argument("--logs", default="", help="folder for the logs (default: a temporary one)")
-    parser.add_argument("checkouts", nargs="+", help="LABEL=PATH of a checkout whose site.yml to run")
+    parser.add_argument(
+        "checkouts", nargs="+", help="LABEL=PATH[@INVENTORY] of a checkout whose site.yml to run (on its own hosts)"
+    )
     args = parser.parse_args(argv)
-    cases = [(label, Path(path).resolve()) for label, path in (c.split("=", 1) for c in args.checkouts)]
+    cases, inventories = [], {}
+    for spec in args.checkouts:
+        label, _, rest = spec.partition("=")
+        path, _, inventory = rest.partition("@")
+        cases.append((label, Path(path).resolve()))
+        inventories[label] = inventory or args.inventory
     extra = [x for v in args.extra_vars for x in ("-e", v)]
     logs = Path(args.logs or subprocess.check_output(["mktemp", "-d"], text=True).strip())
     logs.mkdir(parents=True, exist_ok=True)
-    hosts = {name: str(var.get("ansible_host", name)) for name, var in inventory_hosts(args.inventory).items()}
+    hosts_of = {
+        label: {name: str(var.get("ansible_host", name)) for name, var in inventory_hosts(inventories[label]).items()}
+        for label, _ in cases
+    }
+    if len({len(h) for h in hosts_of.values()}) != 1:
+        raise SystemExit(f"the checkouts' inventories have different numbers of hosts: {hosts_of}")
+    hosts = next(iter(hosts_of.values()))
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     runs: Dict[str, List[Dict[str, Any]]] = {label: [] for label, _ in cases}
     for rep in range(args.repeat):
         for label, checkout in cases:
-            runs[label].append(rerun(checkout, args.inventory, extra, logs / f"{label}-{rep}.log"))
+            runs[label].append(rerun(checkout, inventories[label], extra, logs / f"{label}-{rep}.log"))
             print(f"{label} {rep + 1}/{args.repeat}: {json.dumps(runs[label][-1])}", file=sys.stderr, flush=True)
     out: Dict[str, Any] = {
         "section": "controller-site",
@@ -88,13 +105,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     }
     for label, checkout in cases:
         env, record = bench.ssh_counting_env(logs, label)
-        counted = rerun(checkout, args.inventory, extra, logs / f"{label}-count.log", env)
-        sessions = bench.count_ssh(record.read_bytes(), hosts)
+        counted = rerun(checkout, inventories[label], extra, logs / f"{label}-count.log", env)
+        sessions = bench.count_ssh(record.read_bytes(), hosts_of[label])
         cpu = [r["controller_cpu_s"] for r in runs[label]]
         out["cases"].append(
             {
                 "label": label,
                 "checkout": str(checkout),
+                "inventory": inventories[label],
                 "controller_cpu_s_median": statistics.median(cpu),
                 "controller_cpu_s_per_host": round(statistics.median(cpu) / len(hosts), 2),
                 "tasks_per_run": runs[label][0]["tasks"],
