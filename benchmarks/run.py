@@ -161,13 +161,16 @@ class Fleet:
         return self.workdir / "sandboxes.yml"
 
     def vars_inventory(self, per_host_users: Dict[str, int]) -> Path:
+        """One lab over the sandboxes: lab_users names each user's home host (required with several lab hosts),
+        per_host_users[name] users homed on each (alice, user001, user002, ... in host order: unique in the lab)."""
         path = self.workdir / "lab.yml"
-        data = {
-            "all": {
-                "vars": HOST_VARS,
-                "hosts": {name: {"lab_users": users_list(per_host_users[name])} for name in self.names},
-            }
-        }
+        users = users_list(sum(per_host_users.get(name, 0) for name in self.names))
+        start = 0
+        for name in self.names:
+            for user in users[start : start + per_host_users.get(name, 0)]:
+                user["host"] = name
+            start += per_host_users.get(name, 0)
+        data = {"all": {"vars": {**HOST_VARS, "lab_users": users}, "hosts": {name: {} for name in self.names}}}
         path.write_text(json.dumps(data, indent=1))  # JSON is YAML
         return path
 
@@ -231,7 +234,8 @@ def playbook(
         extra_env = dict(
             extra_env or {},
             ANSIBLE_CALLBACK_PLUGINS=str(BENCH / "callback_plugins"),
-            ANSIBLE_CALLBACKS_ENABLED="metalab_profile",
+            # Both: the variable replaces ansible.cfg's list, which keeps the module payloads between runs.
+            ANSIBLE_CALLBACKS_ENABLED="metalab_profile,metalab.lab.module_cache",
             METALAB_PROFILE_OUT=str(log.with_suffix(".profile.json")),
         )
     argv = [tool("ansible-playbook"), str(SITE)]
