@@ -164,12 +164,8 @@ class Fleet:
         """One lab over the sandboxes: lab_users names each user's home host (required with several lab hosts),
         per_host_users[name] users homed on each (alice, user001, user002, ... in host order: unique in the lab)."""
         path = self.workdir / "lab.yml"
-        users = users_list(sum(per_host_users.get(name, 0) for name in self.names))
-        start = 0
-        for name in self.names:
-            for user in users[start : start + per_host_users.get(name, 0)]:
-                user["host"] = name
-            start += per_host_users.get(name, 0)
+        homes = [name for name in self.names for _ in range(per_host_users.get(name, 0))]
+        users = [dict(user, host=home) for user, home in zip(users_list(len(homes)), homes)]
         data = {"all": {"vars": {**HOST_VARS, "lab_users": users}, "hosts": {name: {} for name in self.names}}}
         path.write_text(json.dumps(data, indent=1))  # JSON is YAML
         return path

@@ -65,7 +65,7 @@ KEPT_PREFIXES = ("ansible.modules.", "ansible_collections.")
 SUBDIR = "ansiballz_cache"
 
 
-def _tree(root: str) -> Iterable[str]:
+def _tree(root: str) -> List[str]:
     """'relative path size mtime_ns' for every file under root (following a root that is a link), sorted."""
     lines: List[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -132,8 +132,8 @@ def kept(name: str) -> bool:
     return name.startswith(KEPT_PREFIXES) and not name.endswith((".lock", "-part"))
 
 
-def copy_entries(src: str, dst: str, only_new: bool = True) -> int:
-    """Copy the kept payload files from src to dst, each written aside and renamed into place. Their count."""
+def copy_entries(src: str, dst: str) -> int:
+    """Copy the kept payload files from src that dst lacks, each written aside and renamed into place. Their count."""
     copied = 0
     try:
         names = os.listdir(src)
@@ -141,7 +141,7 @@ def copy_entries(src: str, dst: str, only_new: bool = True) -> int:
         return 0
     for name in names:
         target = os.path.join(dst, name)
-        if not kept(name) or (only_new and os.path.exists(target)):
+        if not kept(name) or os.path.exists(target):
             continue
         source = os.path.join(src, name)
         if not os.path.isfile(source) or os.path.islink(source):

@@ -9,8 +9,7 @@ from pathlib import Path
 from metalab.rules import validate_layout, validate_users
 
 
-def test_one_lab_with_every_user_homed_on_one_sandbox(load_bench, tmp_path: Path) -> None:
-    run = load_bench("run")
+def test_one_lab_with_every_user_homed_on_one_sandbox(run, tmp_path: Path) -> None:
     fleet = run.Fleet(names=["bm1", "bm2", "bm3"], workdir=tmp_path)
     data = json.loads(fleet.vars_inventory({"bm1": 1, "bm2": 50, "bm3": 200}).read_text())
     users = data["all"]["vars"]["lab_users"]
@@ -23,9 +22,8 @@ def test_one_lab_with_every_user_homed_on_one_sandbox(load_bench, tmp_path: Path
     assert validate_layout(resolved["users"], ["bm1", "bm2", "bm3"]) == []
 
 
-def test_without_a_home_host_the_layout_refuses_them(load_bench, tmp_path: Path) -> None:
+def test_without_a_home_host_the_layout_refuses_them(run) -> None:
     """What the fleet sections failed on before: the same users without host, in a lab of several hosts."""
-    run = load_bench("run")
     users = [{k: v for k, v in u.items() if k != "host"} for u in run.users_list(3)]
     errors = validate_layout(validate_users(users)["users"], ["bm1", "bm2"])
     assert len(errors) == 3 and "no home host" in errors[0]
